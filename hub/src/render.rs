@@ -1,0 +1,237 @@
+//! Which files of a folder or tree become a bundle, and the check that each of them holds
+//! Kubernetes objects as the cluster will read them.
+//!
+//! Plain rendering takes `*.yaml`, `*.yml` and `*.json` below the path (as `kubectl apply -R`
+//! does), skips hidden files and folders (`.github/`, `.gitlab-ci.yml`), and refuses
+//! symbolic links rather than follow them out of the tree. Files are bundled byte for byte.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use skiff_proto::manifest::{ManifestError, parse_objects};
+
+use crate::git::{EntryKind, GitError, Repo};
+
+/// A file taken from a folder or a tree, path relative to the rendered path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFile {
+    /// `/`-separated path relative to the rendered folder.
+    pub path: String,
+    /// The content.
+    pub bytes: Vec<u8>,
+}
+
+/// Rendering failed; nothing is bundled.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// Reading the folder failed.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Reading the Git tree failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// A manifest file is a symbolic link.
+    #[error("{path}: symbolic links are not followed; commit the file itself")]
+    Symlink {
+        /// The link.
+        path: String,
+    },
+    /// A file name is not UTF-8.
+    #[error("{path}: file name is not UTF-8")]
+    NonUtf8Name {
+        /// The name, lossily decoded.
+        path: String,
+    },
+    /// The folder is a kustomization, which plain rendering does not expand.
+    #[error(
+        "{path}: this folder is a kustomization; plain rendering would bundle the kustomization file itself (render it with kustomize instead)"
+    )]
+    Kustomization {
+        /// The kustomization file.
+        path: String,
+    },
+    /// One or more documents are not valid Kubernetes objects.
+    #[error("{} invalid manifest(s):\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Invalid(Vec<ManifestError>),
+    /// No manifest files at all.
+    #[error("no manifest files (*.yaml, *.yml, *.json) found in {0}")]
+    Empty(String),
+}
+
+/// Whether a path names a manifest file that plain rendering takes.
+pub fn is_manifest_name(path: &str) -> bool {
+    let hidden = path.split('/').any(|c| c.starts_with('.'));
+    !hidden && [".yaml", ".yml", ".json"].iter().any(|ext| path.ends_with(ext))
+}
+
+fn is_kustomization(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    matches!(name, "kustomization.yaml" | "kustomization.yml" | "Kustomization")
+}
+
+/// The manifest files below `dir` on disk, sorted by path.
+pub fn from_dir(dir: &Path) -> Result<Vec<SourceFile>, RenderError> {
+    let mut files = Vec::new();
+    walk(dir, "", &mut files)?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<SourceFile>) -> Result<(), RenderError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| RenderError::Io { path, source }
+    };
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(RenderError::NonUtf8Name {
+                path: entry.path().display().to_string(),
+            });
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let rel = format!("{prefix}{name}");
+        let file_type = entry.file_type().map_err(io(&entry.path()))?;
+        if file_type.is_dir() {
+            walk(&entry.path(), &format!("{rel}/"), out)?;
+        } else if is_manifest_name(&rel) || is_kustomization(&rel) {
+            if file_type.is_symlink() {
+                return Err(RenderError::Symlink { path: rel });
+            }
+            let bytes = std::fs::read(entry.path()).map_err(io(&entry.path()))?;
+            out.push(SourceFile { path: rel, bytes });
+        }
+    }
+    Ok(())
+}
+
+/// The manifest files below `path` at `commit`, read from the object database.
+pub fn from_git(repo: &Repo, commit: &str, path: &str) -> Result<Vec<SourceFile>, RenderError> {
+    let mut wanted = Vec::new();
+    for entry in repo.list_tree(commit, path)? {
+        if !(is_manifest_name(&entry.path) || is_kustomization(&entry.path)) {
+            continue;
+        }
+        match entry.kind {
+            EntryKind::File => wanted.push(entry),
+            EntryKind::Symlink => return Err(RenderError::Symlink { path: entry.path }),
+            EntryKind::Submodule => {}
+        }
+    }
+    let oids: Vec<&str> = wanted.iter().map(|e| e.oid.as_str()).collect();
+    let blobs = repo.read_blobs(&oids)?;
+    let mut files: Vec<SourceFile> = wanted
+        .into_iter()
+        .zip(blobs)
+        .map(|(entry, bytes)| SourceFile {
+            path: entry.path,
+            bytes,
+        })
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// Checks every document of every file (all errors, not just the first) and returns the
+/// files keyed by path, ready for the bundle writer. `origin` names the source in errors.
+pub fn validate_plain(
+    files: Vec<SourceFile>,
+    origin: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
+    if let Some(k) = files.iter().find(|f| is_kustomization(&f.path)) {
+        return Err(RenderError::Kustomization { path: k.path.clone() });
+    }
+    if files.is_empty() {
+        return Err(RenderError::Empty(origin.to_owned()));
+    }
+    // Parsing dominates a build; spread it over the cores, keeping errors in file order.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk = files.len().div_ceil(threads).max(64);
+    let errors: Vec<ManifestError> = std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .filter_map(|f| parse_objects(&f.path, &f.bytes).err())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("manifest parsing does not panic"))
+            .collect()
+    });
+    let out: BTreeMap<String, Vec<u8>> = files.into_iter().map(|f| (f.path, f.bytes)).collect();
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(RenderError::Invalid(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_names() {
+        assert!(is_manifest_name("apps/web.yaml"));
+        assert!(is_manifest_name("a.yml"));
+        assert!(is_manifest_name("crd.json"));
+        assert!(!is_manifest_name("README.md"));
+        assert!(!is_manifest_name(".github/workflows/ci.yml"));
+        assert!(!is_manifest_name("apps/.hidden.yaml"));
+    }
+
+    #[test]
+    fn dir_walk_skips_hidden_and_refuses_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("apps/.git")).unwrap();
+        std::fs::write(root.join("apps/b.yaml"), "b").unwrap();
+        std::fs::write(root.join("a.yml"), "a").unwrap();
+        std::fs::write(root.join("notes.txt"), "x").unwrap();
+        std::fs::write(root.join("apps/.git/config.yaml"), "x").unwrap();
+        let files = from_dir(root).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["a.yml", "apps/b.yaml"]);
+
+        std::os::unix::fs::symlink("/etc/hostname", root.join("apps/link.yaml")).unwrap();
+        assert!(matches!(from_dir(root), Err(RenderError::Symlink { path }) if path == "apps/link.yaml"));
+    }
+
+    #[test]
+    fn validation_reports_every_bad_document() {
+        let files = vec![
+            SourceFile {
+                path: "ok.yaml".into(),
+                bytes: b"apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n".to_vec(),
+            },
+            SourceFile {
+                path: "bad1.yaml".into(),
+                bytes: b"kind: Namespace\nmetadata: {name: a}\n".to_vec(),
+            },
+            SourceFile {
+                path: "bad2.yaml".into(),
+                bytes: b"a: [\n".to_vec(),
+            },
+        ];
+        let err = validate_plain(files, "x").unwrap_err().to_string();
+        assert!(err.starts_with("2 invalid manifest(s)"), "{err}");
+        assert!(
+            err.contains("bad1.yaml: document 1 (line 1): missing apiVersion"),
+            "{err}"
+        );
+        assert!(err.contains("bad2.yaml: line"), "{err}");
+    }
+}

@@ -1,0 +1,356 @@
+//! Verification of a signed bundle, step by step as numbered in `FORMAT.md` §5.
+//!
+//! Everything here happens before a single manifest is parsed: a bundle that fails any step
+//! is never extracted, stored or applied.
+
+use std::collections::BTreeMap;
+
+use crate::Sha256Digest;
+use crate::bundle::{Bundle, BundleError, Limits, read_bundle};
+use crate::dsse::{DsseError, Envelope, PAYLOAD_TYPE, decode_base64, pae};
+use crate::keys::PublicKey;
+use crate::statement::{STATEMENT_TYPE, Statement, Timestamp, check_channel_name};
+
+/// Public keys an agent trusts, and how many of them must have signed.
+#[derive(Clone, Debug)]
+pub struct TrustSet {
+    keys: BTreeMap<String, PublicKey>,
+    threshold: usize,
+}
+
+/// A trust set that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// No keys given.
+    #[error("no trusted keys given")]
+    NoKeys,
+    /// Threshold 0, or more than the number of distinct keys.
+    #[error(
+        "threshold {threshold} is impossible with {keys} distinct trusted key(s); it must be between 1 and {keys}"
+    )]
+    BadThreshold {
+        /// The threshold asked for.
+        threshold: usize,
+        /// Distinct keys.
+        keys: usize,
+    },
+}
+
+/// The highest generation accepted so far on a channel, and the bundle it named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The generation.
+    pub generation: u64,
+    /// The bundle digest of that generation.
+    pub digest: Sha256Digest,
+}
+
+/// What the verifier checks a statement against.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// The channel this bundle must belong to, when the caller knows it.
+    pub channel: Option<String>,
+    /// The highest accepted generation on the statement's channel (anti-rollback).
+    pub highest: Option<Accepted>,
+    /// The current time, for expiry.
+    pub now: Timestamp,
+    /// Caps for reading the bundle.
+    pub limits: Limits,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            channel: None,
+            highest: None,
+            now: Timestamp::now(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A bundle that passed every step.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// The signed statement.
+    pub statement: Statement,
+    /// The checked bundle content.
+    pub bundle: Bundle,
+}
+
+/// Why verification failed. Each attack has its own variant. All are permanent: retrying the
+/// same bytes cannot succeed; only a new bundle can.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Step 1: the envelope is not readable.
+    #[error("envelope: {0}")]
+    Envelope(#[from] DsseError),
+    /// Step 2: not a skiff statement.
+    #[error("envelope payloadType is {found:?}, expected {PAYLOAD_TYPE:?}")]
+    WrongPayloadType {
+        /// The payload type found.
+        found: String,
+    },
+    /// Step 3: the envelope carries no signature at all.
+    #[error("envelope has no signatures")]
+    NoSignatures,
+    /// Step 3: fewer valid signatures by distinct trusted keys than the threshold.
+    #[error("{valid} valid signature(s) from trusted keys, {threshold} required ({detail})")]
+    BelowThreshold {
+        /// Distinct trusted keys whose signature verified.
+        valid: usize,
+        /// The threshold.
+        threshold: usize,
+        /// What happened to each signature.
+        detail: String,
+    },
+    /// Step 4: the payload is not a v1 statement.
+    #[error("statement is malformed: {0}")]
+    MalformedStatement(String),
+    /// Step 5: the tarball's length differs from the statement.
+    #[error("bundle is {actual} bytes, the statement says {expected}")]
+    SizeMismatch {
+        /// Size in the statement.
+        expected: u64,
+        /// Size of the bytes given.
+        actual: u64,
+    },
+    /// Step 5: the tarball's digest differs from the statement (tampered or swapped).
+    #[error("bundle sha256 is {actual}, the statement says {expected}")]
+    DigestMismatch {
+        /// Digest in the statement.
+        expected: Sha256Digest,
+        /// Digest of the bytes given.
+        actual: Sha256Digest,
+    },
+    /// Step 6: signed for another channel.
+    #[error("statement is for channel {found:?}, expected {expected:?}")]
+    WrongChannel {
+        /// The channel expected.
+        expected: String,
+        /// The channel signed.
+        found: String,
+    },
+    /// Step 7: older than what was already accepted (a replay of an old bundle).
+    #[error(
+        "channel {channel:?}: generation {offered} is older than the accepted generation {highest}; roll back with a new commit instead"
+    )]
+    Rollback {
+        /// The channel.
+        channel: String,
+        /// The generation offered.
+        offered: u64,
+        /// The highest generation accepted.
+        highest: u64,
+    },
+    /// Step 7: the accepted generation number, but a different bundle.
+    #[error(
+        "channel {channel:?}: generation {generation} was accepted for bundle {accepted}, this statement names {offered}"
+    )]
+    GenerationReused {
+        /// The channel.
+        channel: String,
+        /// The generation.
+        generation: u64,
+        /// The bundle accepted under it.
+        accepted: Sha256Digest,
+        /// The bundle now offered under it.
+        offered: Sha256Digest,
+    },
+    /// Step 8: past its expiry.
+    #[error("statement expired at {expires} (now {now})")]
+    Expired {
+        /// When it expired.
+        expires: Timestamp,
+        /// The time of the check.
+        now: Timestamp,
+    },
+    /// Step 9: the tarball's content breaks a rule or a cap.
+    #[error("bundle content: {0}")]
+    Bundle(#[from] BundleError),
+    /// Step 9: `skiff-bundle.json` names another channel than the signed statement.
+    #[error("skiff-bundle.json is for channel {bundle:?}, the statement for {statement:?}")]
+    BundleChannelMismatch {
+        /// Channel in the statement.
+        statement: String,
+        /// Channel in the bundle.
+        bundle: String,
+    },
+}
+
+impl TrustSet {
+    /// A trust set of `keys` (duplicates count once) needing `threshold` signatures.
+    pub fn new(keys: impl IntoIterator<Item = PublicKey>, threshold: usize) -> Result<Self, TrustError> {
+        let keys: BTreeMap<String, PublicKey> = keys.into_iter().map(|k| (k.keyid(), k)).collect();
+        if keys.is_empty() {
+            return Err(TrustError::NoKeys);
+        }
+        if threshold == 0 || threshold > keys.len() {
+            return Err(TrustError::BadThreshold {
+                threshold,
+                keys: keys.len(),
+            });
+        }
+        Ok(Self { keys, threshold })
+    }
+
+    /// The key ids trusted.
+    pub fn keyids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
+    /// Steps 2–4: checks the payload type and the signatures, then parses the statement.
+    pub fn verify_envelope(&self, envelope: &Envelope) -> Result<Statement, VerifyError> {
+        // Step 2.
+        if envelope.payload_type != PAYLOAD_TYPE {
+            return Err(VerifyError::WrongPayloadType {
+                found: envelope.payload_type.clone(),
+            });
+        }
+        // Step 3: distinct trusted keys with a valid signature over the PAE.
+        if envelope.signatures.is_empty() {
+            return Err(VerifyError::NoSignatures);
+        }
+        let payload = envelope.payload_bytes()?;
+        let message = pae(&envelope.payload_type, &payload);
+        let mut valid: BTreeMap<&str, ()> = BTreeMap::new();
+        let mut notes = Vec::new();
+        for signature in &envelope.signatures {
+            let short = |id: &str| id.chars().take(12).collect::<String>();
+            let Ok(sig) = decode_base64("signatures[].sig", &signature.sig) else {
+                notes.push(format!("{}: sig is not base64", short(&signature.keyid)));
+                continue;
+            };
+            // The keyid is a hint; an empty one means "try every trusted key".
+            let candidates: Vec<(&String, &PublicKey)> = if signature.keyid.is_empty() {
+                self.keys.iter().collect()
+            } else {
+                self.keys.get_key_value(&signature.keyid).into_iter().collect()
+            };
+            if candidates.is_empty() {
+                notes.push(format!("{}: key not trusted", short(&signature.keyid)));
+                continue;
+            }
+            match candidates.into_iter().find(|(_, key)| key.verify(&message, &sig)) {
+                Some((id, _)) => {
+                    valid.insert(id, ());
+                }
+                None => notes.push(format!("{}: signature does not verify", short(&signature.keyid))),
+            }
+        }
+        if valid.len() < self.threshold {
+            if notes.is_empty() {
+                notes.push("signatures repeat the same key".to_owned());
+            }
+            return Err(VerifyError::BelowThreshold {
+                valid: valid.len(),
+                threshold: self.threshold,
+                detail: notes.join("; "),
+            });
+        }
+        // Step 4: only a verified payload is parsed.
+        let statement: Statement =
+            serde_json::from_slice(&payload).map_err(|e| VerifyError::MalformedStatement(e.to_string()))?;
+        if statement.statement_type != STATEMENT_TYPE {
+            return Err(VerifyError::MalformedStatement(format!(
+                "_type is {:?}, expected {STATEMENT_TYPE:?}",
+                statement.statement_type
+            )));
+        }
+        if let Err(reason) = check_channel_name(&statement.channel) {
+            return Err(VerifyError::MalformedStatement(format!(
+                "channel {:?}: {reason}",
+                statement.channel
+            )));
+        }
+        if statement.generation == 0 {
+            return Err(VerifyError::MalformedStatement(
+                "generation must be 1 or more".to_owned(),
+            ));
+        }
+        Ok(statement)
+    }
+}
+
+/// Step 5: the tarball is exactly the one the statement names.
+pub fn check_tarball(statement: &Statement, tarball: &[u8]) -> Result<(), VerifyError> {
+    if tarball.len() as u64 != statement.bundle.size {
+        return Err(VerifyError::SizeMismatch {
+            expected: statement.bundle.size,
+            actual: tarball.len() as u64,
+        });
+    }
+    let actual = Sha256Digest::of(tarball);
+    if actual != statement.bundle.sha256 {
+        return Err(VerifyError::DigestMismatch {
+            expected: statement.bundle.sha256,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Steps 6–8: channel, anti-rollback, expiry.
+pub fn check_policy(statement: &Statement, policy: &Policy) -> Result<(), VerifyError> {
+    // Step 6.
+    if let Some(expected) = &policy.channel
+        && *expected != statement.channel
+    {
+        return Err(VerifyError::WrongChannel {
+            expected: expected.clone(),
+            found: statement.channel.clone(),
+        });
+    }
+    // Step 7.
+    if let Some(highest) = policy.highest {
+        if statement.generation < highest.generation {
+            return Err(VerifyError::Rollback {
+                channel: statement.channel.clone(),
+                offered: statement.generation,
+                highest: highest.generation,
+            });
+        }
+        if statement.generation == highest.generation && statement.bundle.sha256 != highest.digest {
+            return Err(VerifyError::GenerationReused {
+                channel: statement.channel.clone(),
+                generation: statement.generation,
+                accepted: highest.digest,
+                offered: statement.bundle.sha256,
+            });
+        }
+    }
+    // Step 8.
+    if let Some(expires) = statement.expires
+        && policy.now >= expires
+    {
+        return Err(VerifyError::Expired {
+            expires,
+            now: policy.now,
+        });
+    }
+    Ok(())
+}
+
+/// Every step of `FORMAT.md` §5, in order: envelope, signatures, statement, tarball digest,
+/// channel, rollback, expiry, then safe reading of the content.
+pub fn verify_bundle(
+    trust: &TrustSet,
+    envelope_json: &[u8],
+    tarball: &[u8],
+    policy: &Policy,
+) -> Result<Verified, VerifyError> {
+    // Step 1.
+    let envelope = Envelope::from_json(envelope_json)?;
+    let statement = trust.verify_envelope(&envelope)?;
+    check_tarball(&statement, tarball)?;
+    check_policy(&statement, policy)?;
+    // Step 9.
+    let bundle = read_bundle(tarball, &policy.limits)?;
+    if bundle.manifest.channel != statement.channel {
+        return Err(VerifyError::BundleChannelMismatch {
+            statement: statement.channel,
+            bundle: bundle.manifest.channel,
+        });
+    }
+    Ok(Verified { statement, bundle })
+}

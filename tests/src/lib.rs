@@ -1,0 +1,188 @@
+//! Helpers for skiff's cross-crate tests: the real binaries, real Git repositories made with
+//! the `git` CLI, and the shared corpus of real-world manifests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// `deploy/examples/`: the example fleet repository.
+pub fn examples_dir() -> PathBuf {
+    workspace_root().join("deploy/examples")
+}
+
+/// The shared corpus of real-world manifests (`../shared/corpus` beside the checkout).
+pub fn corpus_dir() -> PathBuf {
+    workspace_root().join("../shared/corpus")
+}
+
+/// Path of a workspace binary (`skiff-hub`, `skiff-agent`) built next to the test executable.
+///
+/// The README's test command builds every binary before it runs the tests.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A finished command: exit status, stdout and stderr as text.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (None when killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Panics with both streams unless the command exited 0.
+    pub fn success(self) -> Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the command exited with `code`.
+    pub fn code(self, code: i32) -> Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "expected exit {code}:\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs a workspace binary with arguments.
+pub fn run_bin(name: &str, args: &[&str]) -> Run {
+    Command::new(bin(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"))
+        .into()
+}
+
+/// A Git repository made with the real `git` CLI in a folder of its own.
+pub struct GitRepo {
+    dir: PathBuf,
+}
+
+impl GitRepo {
+    /// `git init` in `dir` (created if missing), with a branch `main` and a committer set.
+    pub fn init(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("create repo dir");
+        let repo = Self { dir: dir.to_owned() };
+        repo.git(&["init", "--quiet", "--initial-branch=main"]);
+        repo.git(&["config", "user.name", "skiff tests"]);
+        repo.git(&["config", "user.email", "tests@skiff.invalid"]);
+        repo.git(&["config", "commit.gpgsign", "false"]);
+        repo
+    }
+
+    /// The repository folder.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs git in the repository and returns trimmed stdout; panics on failure.
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&self.dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Writes a file (creating folders) relative to the repository.
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
+        let path = self.dir.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write file");
+    }
+
+    /// Copies a folder's files into the repository under `rel`.
+    pub fn copy_dir(&self, from: &Path, rel: &str) {
+        copy_tree(from, &self.dir.join(rel));
+    }
+
+    /// Stages everything and commits; returns the commit id.
+    pub fn commit_all(&self, message: &str) -> String {
+        self.git(&["add", "--all"]);
+        self.git(&["commit", "--quiet", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+/// Copies every file below `from` to `to`, creating folders.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Every file below `dir` whose name ends in one of `exts`, as paths relative to `dir`, sorted.
+pub fn files_with_ext(dir: &Path, exts: &[&str]) -> Vec<String> {
+    fn walk(dir: &Path, prefix: &str, exts: &[&str], out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = format!("{prefix}{name}");
+            if entry.file_type().expect("type").is_dir() {
+                walk(&entry.path(), &format!("{rel}/"), exts, out);
+            } else if exts.iter().any(|e| name.ends_with(e)) {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, "", exts, &mut out);
+    out.sort();
+    out
+}
