@@ -304,6 +304,9 @@ pub fn parse_yaml(file: &str, text: &str) -> Result<Vec<Document>, ManifestError
     let mut options = Options::default();
     // libyaml (and so go-yaml) adds no line feed to a block scalar that ends the input.
     options.block_scalar_eof_without_line_feed = true;
+    // kube's serde-saphyr turns on the parser's `comments` feature through feature
+    // unification; comments are no data, so ask for none.
+    options.set_emit_comments(false);
     let mut builder = Builder {
         file,
         events: Parser::new_from_str_with_options(text, options),
@@ -360,7 +363,20 @@ struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     fn next(&mut self) -> Result<(Event<'a>, Span), ManifestError> {
-        match self.events.next_event() {
+        loop {
+            match self.events.next_event() {
+                // Presentation-only events (comments, anchor names) carry no data.
+                Some(Ok((event, _))) if !is_data(&event) => continue,
+                other => return self.data_event(other),
+            }
+        }
+    }
+
+    fn data_event(
+        &self,
+        event: Option<Result<(Event<'a>, Span), ScanError>>,
+    ) -> Result<(Event<'a>, Span), ManifestError> {
+        match event {
             Some(Ok(pair)) => Ok(pair),
             Some(Err(e)) => Err(self.syntax(&e)),
             None => Err(ManifestError::Syntax {
@@ -486,6 +502,23 @@ impl<'a> Builder<'a> {
         }
         Ok(map)
     }
+}
+
+/// Whether an event is part of the data model (not a comment or anchor-name annotation).
+fn is_data(event: &Event<'_>) -> bool {
+    matches!(
+        event,
+        Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart(..)
+            | Event::DocumentEnd
+            | Event::Alias(_)
+            | Event::Scalar(..)
+            | Event::SequenceStart(..)
+            | Event::SequenceEnd
+            | Event::MappingStart(..)
+            | Event::MappingEnd
+    )
 }
 
 fn node_count(value: &Value) -> usize {

@@ -1,6 +1,9 @@
 //! Helpers for skiff's cross-crate tests: the real binaries, real Git repositories made with
 //! the `git` CLI, and the shared corpus of real-world manifests.
 
+pub mod cluster;
+pub mod kube;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,606 @@
+//! Behaviours of the Kubernetes API that skiff relies on, asserted as Kubernetes documents
+//! them. Runs against the in-process test server, or against a real cluster when
+//! `SKIFF_TEST_KUBECONFIG` names a kubeconfig; every test works in namespaces of its own.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+use skiff_tests::cluster::{TestCluster, eventually, unique_name};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The HTTP code and reason of a failed call.
+fn api_error<T: std::fmt::Debug>(result: kube::Result<T>) -> (u16, String, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.reason.clone(), status.message.clone()),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+async fn namespace(c: &TestCluster) -> String {
+    let name = unique_name("skiff-conf");
+    let api: Api<Namespace> = Api::all(c.client.clone());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+    )
+    .await
+    .expect("create namespace");
+    name
+}
+
+async fn cleanup(c: &TestCluster, ns: &str) {
+    let api: Api<Namespace> = Api::all(c.client.clone());
+    let _ = api.delete(ns, &DeleteParams::default()).await;
+}
+
+fn cm(name: &str, data: Value) -> ConfigMap {
+    serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}),
+    )
+    .unwrap()
+}
+
+fn apply(manager: &str) -> PatchParams {
+    PatchParams::apply(manager)
+}
+
+fn deployment(name: &str, replicas: Option<i64>, image: &str) -> Value {
+    let mut d = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "main", "image": image, "ports": [{"containerPort": 8080}]}]}},
+        },
+    });
+    if let Some(r) = replicas {
+        d["spec"]["replicas"] = json!(r);
+    }
+    d
+}
+
+#[tokio::test]
+async fn discovery_lists_versions_groups_and_resources() {
+    let c = TestCluster::start().await;
+    let version = c.client.apiserver_version().await.expect("/version");
+    assert_eq!(version.major, "1");
+    assert!(version.git_version.starts_with("v1."), "{}", version.git_version);
+
+    let core = c.client.list_core_api_versions().await.expect("/api");
+    assert!(core.versions.contains(&"v1".to_owned()));
+    let groups = c.client.list_api_groups().await.expect("/apis");
+    assert!(groups.groups.iter().any(|g| g.name == "apps"));
+    assert!(groups.groups.iter().any(|g| g.name == "apiextensions.k8s.io"));
+
+    let v1 = c.client.list_core_api_resources("v1").await.expect("/api/v1");
+    let find = |list: &k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList, name: &str| {
+        list.resources
+            .iter()
+            .find(|r| r.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} served"))
+    };
+    let cms = find(&v1, "configmaps");
+    assert!(cms.namespaced);
+    assert_eq!(cms.kind, "ConfigMap");
+    assert!(cms.verbs.contains(&"patch".to_owned()));
+    assert!(cms.short_names.unwrap_or_default().contains(&"cm".to_owned()));
+    assert!(!find(&v1, "namespaces").namespaced);
+
+    let apps = c
+        .client
+        .list_api_group_resources("apps/v1")
+        .await
+        .expect("/apis/apps/v1");
+    assert_eq!(find(&apps, "deployments").kind, "Deployment");
+    assert!(apps.resources.iter().any(|r| r.name == "deployments/status"));
+
+    let discovery = kube::Discovery::new(c.client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    let (ar, caps) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+        ))
+        .expect("ClusterRole discovered");
+    assert_eq!(ar.plural, "clusterroles");
+    assert_eq!(caps.scope, kube::discovery::Scope::Cluster);
+}
+
+#[tokio::test]
+async fn create_get_list_update_delete_with_resource_versions() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns);
+
+    let mut one = cm("one", json!({"a": "1"}));
+    one.metadata.labels = Some([("tier".to_owned(), "front".to_owned())].into());
+    let created = api.create(&PostParams::default(), &one).await.expect("create");
+    let meta = &created.metadata;
+    assert!(meta.uid.as_deref().is_some_and(|u| !u.is_empty()));
+    assert!(meta.creation_timestamp.is_some());
+    let rv1 = meta.resource_version.clone().expect("resourceVersion");
+    api.create(&PostParams::default(), &cm("two", json!({"b": "2"})))
+        .await
+        .expect("create two");
+
+    let (code, reason, _) = api_error(api.create(&PostParams::default(), &cm("one", json!({}))).await);
+    assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
+
+    let got = api.get("one").await.expect("get");
+    assert_eq!(got.data.unwrap()["a"], "1");
+
+    let names = |list: kube::api::ObjectList<ConfigMap>| {
+        let mut n: Vec<String> = list.items.into_iter().filter_map(|i| i.metadata.name).collect();
+        n.sort();
+        n
+    };
+    let by_label = api
+        .list(&ListParams::default().labels("tier=front"))
+        .await
+        .expect("list");
+    assert_eq!(names(by_label), ["one"]);
+    let by_field = api
+        .list(&ListParams::default().fields("metadata.name=two"))
+        .await
+        .expect("list");
+    assert_eq!(names(by_field), ["two"]);
+    let all = api.list(&ListParams::default()).await.expect("list");
+    assert!(names(all).starts_with(&["one".to_owned(), "two".to_owned()]));
+
+    let mut changed = api.get("one").await.unwrap();
+    changed.data = Some([("a".to_owned(), "changed".to_owned())].into());
+    let updated = api
+        .replace("one", &PostParams::default(), &changed)
+        .await
+        .expect("update");
+    let rv2 = updated.metadata.resource_version.clone().unwrap();
+    assert_ne!(rv1, rv2, "a write changes resourceVersion");
+
+    // An update based on a stale resourceVersion is refused.
+    let (code, reason, _) = api_error(api.replace("one", &PostParams::default(), &changed).await);
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+
+    api.delete("one", &DeleteParams::background())
+        .await
+        .expect("delete");
+    assert!(
+        eventually(WAIT, || async {
+            matches!(api.get("one").await, Err(kube::Error::Api(s)) if s.code == 404)
+        })
+        .await,
+        "deleted object is gone"
+    );
+    let (code, reason, _) = api_error(api.get("one").await);
+    assert_eq!((code, reason.as_str()), (404, "NotFound"));
+    cleanup(&c, &ns).await;
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_updates_and_skips_no_ops() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), &ns);
+
+    let created = deployments
+        .patch(
+            "web",
+            &apply("skiff"),
+            &Patch::Apply(deployment("web", Some(2), "nginx:1.27")),
+        )
+        .await
+        .expect("create on apply");
+    let rv = created.metadata.resource_version.clone().unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    let managed = created.metadata.managed_fields.clone().unwrap_or_default();
+    assert!(
+        managed
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("skiff") && m.operation.as_deref() == Some("Apply"))
+    );
+
+    // The same apply again changes nothing, not even resourceVersion.
+    let again = deployments
+        .patch(
+            "web",
+            &apply("skiff"),
+            &Patch::Apply(deployment("web", Some(2), "nginx:1.27")),
+        )
+        .await
+        .expect("no-op apply");
+    assert_eq!(again.metadata.resource_version.as_deref(), Some(rv.as_str()));
+
+    // A spec change bumps generation; a label change does not.
+    let changed = deployments
+        .patch(
+            "web",
+            &apply("skiff"),
+            &Patch::Apply(deployment("web", Some(2), "nginx:1.28")),
+        )
+        .await
+        .expect("apply change");
+    assert_ne!(changed.metadata.resource_version.as_deref(), Some(rv.as_str()));
+    assert_eq!(changed.metadata.generation, Some(2));
+    let mut labelled = deployment("web", Some(2), "nginx:1.28");
+    labelled["metadata"]["labels"]["extra"] = json!("yes");
+    let labelled = deployments
+        .patch("web", &apply("skiff"), &Patch::Apply(labelled))
+        .await
+        .expect("label");
+    assert_eq!(labelled.metadata.generation, Some(2));
+    cleanup(&c, &ns).await;
+}
+
+#[tokio::test]
+async fn server_side_apply_conflicts_name_the_field_and_manager_and_force_takes_over() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), &ns);
+    deployments
+        .patch(
+            "web",
+            &apply("first"),
+            &Patch::Apply(deployment("web", Some(2), "nginx:1.27")),
+        )
+        .await
+        .expect("first apply");
+
+    let minimal = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 3}});
+    let (code, reason, message) = api_error(
+        deployments
+            .patch("web", &apply("second"), &Patch::Apply(minimal.clone()))
+            .await,
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert!(message.contains(".spec.replicas"), "{message}");
+    assert!(message.contains("\"first\""), "{message}");
+
+    // The same value is no conflict: both managers own the field.
+    let same = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2}});
+    deployments
+        .patch("web", &apply("third"), &Patch::Apply(same))
+        .await
+        .expect("co-own");
+
+    let forced = deployments
+        .patch("web", &apply("second").force(), &Patch::Apply(minimal))
+        .await
+        .expect("forced apply");
+    assert_eq!(forced.spec.unwrap().replicas, Some(3));
+    let owners_of_replicas: Vec<String> = forced
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+        })
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(owners_of_replicas, ["second"]);
+    cleanup(&c, &ns).await;
+}
+
+#[tokio::test]
+async fn server_side_apply_removes_fields_it_no_longer_sets_but_not_others_fields() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns);
+    let body = |data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": data});
+    api.patch(
+        "cfg",
+        &apply("skiff"),
+        &Patch::Apply(body(json!({"a": "1", "b": "2"}))),
+    )
+    .await
+    .expect("apply");
+    api.patch("cfg", &apply("other"), &Patch::Apply(body(json!({"c": "3"}))))
+        .await
+        .expect("other");
+    let after = api
+        .patch("cfg", &apply("skiff"), &Patch::Apply(body(json!({"a": "1"}))))
+        .await
+        .expect("apply");
+    let data = after.data.unwrap();
+    assert_eq!(data.get("a").map(String::as_str), Some("1"));
+    assert!(
+        !data.contains_key("b"),
+        "a field skiff stopped applying is removed: {data:?}"
+    );
+    assert_eq!(
+        data.get("c").map(String::as_str),
+        Some("3"),
+        "another manager's field stays"
+    );
+    cleanup(&c, &ns).await;
+}
+
+#[tokio::test]
+async fn dry_run_returns_the_result_and_stores_nothing() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns);
+    let body = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "dry"}, "data": {"k": v}});
+
+    let dry = api
+        .patch("dry", &apply("skiff").dry_run(), &Patch::Apply(body("1")))
+        .await
+        .expect("dry create");
+    assert_eq!(dry.data.unwrap()["k"], "1");
+    let (code, _, _) = api_error(api.get("dry").await);
+    assert_eq!(code, 404, "a dry-run create stores nothing");
+
+    let real = api
+        .patch("dry", &apply("skiff"), &Patch::Apply(body("1")))
+        .await
+        .expect("create");
+    let dry = api
+        .patch("dry", &apply("skiff").dry_run(), &Patch::Apply(body("2")))
+        .await
+        .expect("dry update");
+    assert_eq!(dry.data.unwrap()["k"], "2");
+    let live = api.get("dry").await.unwrap();
+    assert_eq!(live.data.unwrap()["k"], "1");
+    assert_eq!(live.metadata.resource_version, real.metadata.resource_version);
+    cleanup(&c, &ns).await;
+}
+
+#[tokio::test]
+async fn defaults_are_filled_in_by_the_server() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let d: Api<Deployment> = Api::namespaced(c.client.clone(), &ns);
+    let web = d
+        .patch(
+            "web",
+            &apply("skiff"),
+            &Patch::Apply(deployment("web", None, "nginx:1.27")),
+        )
+        .await
+        .unwrap();
+    let spec = web.spec.unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(spec.revision_history_limit, Some(10));
+    assert_eq!(spec.progress_deadline_seconds, Some(600));
+    assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("RollingUpdate"));
+    let container = &spec.template.spec.unwrap().containers[0];
+    assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    assert_eq!(
+        container.termination_message_path.as_deref(),
+        Some("/dev/termination-log")
+    );
+    assert_eq!(
+        container.ports.as_ref().unwrap()[0].protocol.as_deref(),
+        Some("TCP")
+    );
+
+    let s: Api<Service> = Api::namespaced(c.client.clone(), &ns);
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
+    let svc = s
+        .patch("web", &apply("skiff"), &Patch::Apply(svc))
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(svc.session_affinity.as_deref(), Some("None"));
+    assert!(svc.cluster_ip.is_some_and(|ip| !ip.is_empty()));
+    cleanup(&c, &ns).await;
+}
+
+fn widget_crd(group: &str) -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("widgets.{group}")},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": {"size": {"type": "integer"}}},
+                    "status": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}}]},
+    })
+}
+
+async fn established(crds: &Api<CustomResourceDefinition>, name: &str) -> bool {
+    crds.get(name)
+        .await
+        .ok()
+        .and_then(|crd| crd.status)
+        .and_then(|s| s.conditions)
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+}
+
+#[tokio::test]
+async fn custom_resource_definitions_add_and_remove_resources_with_status_subresources() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let group = format!("{}.skiff.test", unique_name("g"));
+    let crd_name = format!("widgets.{group}");
+    let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
+    crds.patch(&crd_name, &apply("skiff"), &Patch::Apply(widget_crd(&group)))
+        .await
+        .expect("apply CRD");
+    assert!(
+        eventually(WAIT, || established(&crds, &crd_name)).await,
+        "CRD becomes Established"
+    );
+
+    let gvk = GroupVersionKind::gvk(&group, "v1", "Widget");
+    let discovered = eventually(WAIT, || async {
+        kube::Discovery::new(c.client.clone())
+            .run()
+            .await
+            .is_ok_and(|d| d.resolve_gvk(&gvk).is_some())
+    })
+    .await;
+    assert!(discovered, "the new kind appears in discovery");
+
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "widgets");
+    let widgets: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &ns, &ar);
+    let w = json!({"apiVersion": format!("{group}/v1"), "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 3}});
+    let created = widgets
+        .patch("w1", &apply("skiff"), &Patch::Apply(w.clone()))
+        .await
+        .expect("apply CR");
+    assert_eq!(created.data["spec"]["size"], 3);
+    assert_eq!(created.metadata.generation, Some(1));
+
+    // Status goes through /status only; the object's own endpoint ignores it.
+    let status_patch = json!({"status": {"ready": true}});
+    let after = widgets
+        .patch_status("w1", &PatchParams::default(), &Patch::Merge(&status_patch))
+        .await
+        .expect("status patch");
+    assert_eq!(after.data["status"]["ready"], true);
+    let mut with_status = w.clone();
+    with_status["status"] = json!({"ready": false});
+    with_status["spec"]["size"] = json!(4);
+    let main = widgets
+        .patch("w1", &apply("skiff"), &Patch::Apply(with_status))
+        .await
+        .expect("apply");
+    assert_eq!(
+        main.data["status"]["ready"], true,
+        "status ignored on the main resource"
+    );
+    assert_eq!(main.data["spec"]["size"], 4);
+    assert_eq!(main.metadata.generation, Some(2));
+    let spec_via_status = json!({"spec": {"size": 9}, "status": {"ready": false}});
+    let st = widgets
+        .patch_status("w1", &PatchParams::default(), &Patch::Merge(&spec_via_status))
+        .await
+        .unwrap();
+    assert_eq!(st.data["spec"]["size"], 4, "spec ignored on /status");
+    assert_eq!(st.data["status"]["ready"], false);
+
+    crds.delete(&crd_name, &DeleteParams::default())
+        .await
+        .expect("delete CRD");
+    let gone = eventually(WAIT, || async {
+        matches!(widgets.list(&ListParams::default()).await, Err(kube::Error::Api(s)) if s.code == 404)
+    })
+    .await;
+    assert!(gone, "deleting the CRD removes its resource");
+    cleanup(&c, &ns).await;
+}
+
+#[tokio::test]
+async fn namespaces_must_exist_and_take_their_objects_with_them() {
+    let c = TestCluster::start().await;
+    let missing: Api<ConfigMap> = Api::namespaced(c.client.clone(), &unique_name("skiff-missing"));
+    let (code, reason, message) =
+        api_error(missing.create(&PostParams::default(), &cm("x", json!({}))).await);
+    assert_eq!((code, reason.as_str()), (404, "NotFound"));
+    assert!(message.contains("namespaces"), "{message}");
+
+    let ns = namespace(&c).await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns);
+    api.create(&PostParams::default(), &cm("inside", json!({})))
+        .await
+        .unwrap();
+    let namespaces: Api<Namespace> = Api::all(c.client.clone());
+    namespaces
+        .delete(&ns, &DeleteParams::foreground())
+        .await
+        .expect("delete namespace");
+    let emptied = eventually(Duration::from_secs(120), || async {
+        matches!(api.get("inside").await, Err(kube::Error::Api(s)) if s.code == 404)
+    })
+    .await;
+    assert!(emptied, "objects go with their namespace");
+}
+
+#[tokio::test]
+async fn cluster_scoped_objects() {
+    let c = TestCluster::start().await;
+    let api: Api<ClusterRole> = Api::all(c.client.clone());
+    let name = format!("{}:reader", unique_name("skiff-conf"));
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]});
+    let created = api
+        .patch(&name, &apply("skiff"), &Patch::Apply(role))
+        .await
+        .expect("apply ClusterRole");
+    assert!(created.metadata.namespace.is_none());
+    assert_eq!(api.get(&name).await.unwrap().rules.unwrap()[0].verbs, ["get"]);
+    api.delete(&name, &DeleteParams::default()).await.expect("delete");
+    assert!(
+        eventually(WAIT, || async {
+            api.get_opt(&name).await.is_ok_and(|o| o.is_none())
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn invalid_requests_get_status_errors_with_the_right_codes() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns);
+
+    let no_name: ConfigMap = serde_json::from_value(json!({"metadata": {}, "data": {}})).unwrap();
+    let (code, reason, message) = api_error(api.create(&PostParams::default(), &no_name).await);
+    assert_eq!((code, reason.as_str()), (422, "Invalid"), "{message}");
+
+    let (code, reason, message) = api_error(
+        api.create(&PostParams::default(), &cm("Bad_Name", json!({})))
+            .await,
+    );
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    assert!(message.contains("metadata.name"), "{message}");
+
+    let bad_label = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "l", "labels": {"a": "not valid!"}}});
+    let (code, reason, _) = api_error(api.patch("l", &apply("skiff"), &Patch::Apply(bad_label)).await);
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+
+    let wrong_version = json!({"apiVersion": "apps/v1", "kind": "ConfigMap", "metadata": {"name": "w"}});
+    let (code, _, message) = api_error(
+        api.patch("w", &apply("skiff"), &Patch::Apply(wrong_version))
+            .await,
+    );
+    assert_eq!(code, 400, "{message}");
+
+    let no_manager = PatchParams::default();
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m"}});
+    let (code, reason, _) = api_error(api.patch("m", &no_manager, &Patch::Apply(body)).await);
+    assert_eq!(
+        (code, reason.as_str()),
+        (422, "Invalid"),
+        "apply needs a field manager"
+    );
+
+    // Raw requests for what the typed client cannot send.
+    let path = format!("/api/v1/namespaces/{ns}/configmaps/m");
+    let raw = |content_type: &'static str, body: &'static str| {
+        http::Request::patch(path.clone())
+            .header("Content-Type", content_type)
+            .body(body.as_bytes().to_vec())
+            .unwrap()
+    };
+    api.create(&PostParams::default(), &cm("m", json!({})))
+        .await
+        .unwrap();
+    let (code, reason, _) = api_error(c.client.request::<Value>(raw("text/plain", "{}")).await);
+    assert_eq!((code, reason.as_str()), (415, "UnsupportedMediaType"));
+    let (code, reason, _) = api_error(
+        c.client
+            .request::<Value>(raw("application/merge-patch+json", "{not json"))
+            .await,
+    );
+    assert_eq!((code, reason.as_str()), (400, "BadRequest"));
+    cleanup(&c, &ns).await;
+}

@@ -1,0 +1,180 @@
+//! The real `kubectl` against the test server: if kubectl is happy with it, the server speaks
+//! the wire protocol (discovery, OpenAPI v3 for field validation, server-side apply,
+//! conflicts, deletes) closely enough to stand in for kube-apiserver.
+
+use std::path::Path;
+use std::process::Command;
+
+use skiff_tests::examples_dir;
+use skiff_tests::kube::KubeTestServer;
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut cmd = Command::new("kubectl");
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+    let out = if let Some(input) = stdin {
+        use std::io::Write;
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl is installed (Debian: kubernetes-client)");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    } else {
+        cmd.output()
+            .expect("kubectl is installed (Debian: kubernetes-client)")
+    };
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(kubeconfig: &Path, args: &[&str]) -> String {
+    let (success, stdout, stderr) = kubectl(kubeconfig, args, None);
+    assert!(success, "kubectl {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[test]
+fn kubectl_applies_gets_lists_resources_deletes_and_reports_conflicts() {
+    let server = KubeTestServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kc).unwrap();
+    let apps = examples_dir().join("apps");
+
+    let version = ok(&kc, &["version", "-o", "json"]);
+    assert!(version.contains("\"gitVersion\": \"v1.33"), "{version}");
+
+    // The CRD first: kubectl resolves every kind of an invocation before applying any.
+    let out = ok(
+        &kc,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            apps.join("widgets-crd.yaml").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.contains(
+            "customresourcedefinition.apiextensions.k8s.io/widgets.example.skiff.dev serverside-applied"
+        ),
+        "{out}"
+    );
+    let out = ok(
+        &kc,
+        &["apply", "--server-side", "-R", "-f", apps.to_str().unwrap()],
+    );
+    for applied in [
+        "namespace/demo serverside-applied",
+        "configmap/web-config serverside-applied",
+        "deployment.apps/web serverside-applied",
+        "service/web serverside-applied",
+        "widget.example.skiff.dev/sample serverside-applied",
+    ] {
+        assert!(out.contains(applied), "missing {applied:?} in:\n{out}");
+    }
+
+    for (kind, name) in [
+        ("deployment", "web"),
+        ("service", "web"),
+        ("configmap", "web-config"),
+        ("widget", "sample"),
+    ] {
+        let got = ok(&kc, &["get", "-n", "demo", kind, name, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(v["metadata"]["name"], name, "{kind}");
+    }
+    let ns = ok(
+        &kc,
+        &["get", "namespace", "demo", "-o", "jsonpath={.status.phase}"],
+    );
+    assert_eq!(ns, "Active");
+    // Unquoted octal in the manifest, read as Kubernetes reads it.
+    let mode = ok(
+        &kc,
+        &[
+            "get",
+            "-n",
+            "demo",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.volumes[0].configMap.defaultMode}",
+        ],
+    );
+    assert_eq!(mode, "420");
+    let listed = ok(
+        &kc,
+        &["get", "-n", "demo", "deployments,services,configmaps,widgets"],
+    );
+    assert!(
+        listed.contains("deployment.apps/web") && listed.contains("widget.example.skiff.dev/sample"),
+        "{listed}"
+    );
+
+    let resources = ok(&kc, &["api-resources"]);
+    for line in ["deployments", "customresourcedefinitions", "widgets"] {
+        assert!(
+            resources.lines().any(|l| l.starts_with(line)),
+            "{line} missing:\n{resources}"
+        );
+    }
+    let wdg = resources.lines().find(|l| l.starts_with("widgets")).unwrap();
+    assert!(
+        wdg.contains("wdg") && wdg.contains("example.skiff.dev/v1") && wdg.contains("Widget"),
+        "{wdg}"
+    );
+
+    // Another manager setting a field kubectl owns, to another value: a conflict.
+    let scale = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: demo}\nspec: {replicas: 5}\n";
+    let (success, stdout, stderr) = kubectl(
+        &kc,
+        &["apply", "--server-side", "--field-manager=intruder", "-f", "-"],
+        Some(scale),
+    );
+    assert!(!success, "conflict must fail: {stdout}");
+    assert!(stderr.contains("Apply failed with 1 conflict"), "{stderr}");
+    assert!(
+        stderr.contains("conflict with \"kubectl\"") && stderr.contains(".spec.replicas"),
+        "{stderr}"
+    );
+    let (success, _, stderr) = kubectl(
+        &kc,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=intruder",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        Some(scale),
+    );
+    assert!(success, "{stderr}");
+    let replicas = ok(
+        &kc,
+        &[
+            "get",
+            "-n",
+            "demo",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+    );
+    assert_eq!(replicas, "5");
+
+    let out = ok(&kc, &["delete", "-n", "demo", "configmap", "web-config"]);
+    assert!(out.contains("configmap \"web-config\" deleted"), "{out}");
+    let (success, _, stderr) = kubectl(&kc, &["get", "-n", "demo", "configmap", "web-config"], None);
+    assert!(!success && stderr.contains("NotFound"), "{stderr}");
+    ok(&kc, &["delete", "namespace", "demo"]);
+    let (success, _, stderr) = kubectl(&kc, &["get", "-n", "demo", "deployment", "web"], None);
+    assert!(!success && stderr.contains("not found"), "{stderr}");
+}

@@ -1,0 +1,292 @@
+//! The HTTP face of the test server: paths, verbs, content types and `Status` errors as
+//! kube-apiserver serves them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State as AxumState};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::resources;
+use super::store::{ApiError, State, Sub};
+
+/// The Kubernetes version reported by `/version`.
+pub const KUBE_VERSION: (&str, &str, &str) = ("1", "33", "v1.33.4");
+
+fn json_response(code: u16, body: &Value) -> Response {
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn error(e: &ApiError) -> Response {
+    json_response(e.code, &e.to_status())
+}
+
+/// A parsed resource path.
+struct Target {
+    group: String,
+    version: String,
+    namespace: Option<String>,
+    plural: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_target(segments: &[&str]) -> Option<Target> {
+    let (group, version, rest) = match segments {
+        ["api", version, rest @ ..] => (String::new(), (*version).to_owned(), rest),
+        ["apis", group, version, rest @ ..] => ((*group).to_owned(), (*version).to_owned(), rest),
+        _ => return None,
+    };
+    let t = |namespace: Option<&str>, plural: &str, name: Option<&str>, sub: Option<&str>| Target {
+        group: group.clone(),
+        version: version.clone(),
+        namespace: namespace.map(str::to_owned),
+        plural: plural.to_owned(),
+        name: name.map(str::to_owned),
+        sub: sub.map(str::to_owned),
+    };
+    Some(match rest {
+        // /api/v1/namespaces/{name}/status is the namespace's own status.
+        ["namespaces", name, sub @ ("status" | "finalize")] if group.is_empty() => {
+            t(None, "namespaces", Some(name), Some(sub))
+        }
+        ["namespaces", ns, plural] => t(Some(ns), plural, None, None),
+        ["namespaces", ns, plural, name] => t(Some(ns), plural, Some(name), None),
+        ["namespaces", ns, plural, name, sub] => t(Some(ns), plural, Some(name), Some(sub)),
+        [plural] => t(None, plural, None, None),
+        [plural, name] => t(None, plural, Some(name), None),
+        [plural, name, sub] => t(None, plural, Some(name), Some(sub)),
+        _ => return None,
+    })
+}
+
+/// The field manager of a non-apply write: `fieldManager`, or the client's program name
+/// from its User-Agent, as kube-apiserver derives it.
+fn manager_of(query: &HashMap<String, String>, headers: &HeaderMap) -> String {
+    if let Some(m) = query.get("fieldManager").filter(|m| !m.is_empty()) {
+        return m.clone();
+    }
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+fn parse_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
+    if text.trim_start().starts_with('{') || content_type.contains("json") {
+        return serde_json::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")));
+    }
+    let docs = skiff_proto::manifest::parse_yaml("request body", text)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML request body: {e}")))?;
+    match docs.len() {
+        1 => Ok(docs.into_iter().next().expect("one").value),
+        n => Err(ApiError::bad_request(format!(
+            "expected one YAML document in the request body, found {n}"
+        ))),
+    }
+}
+
+/// The one handler for every request.
+pub async fn handle(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    shared.log_request(&method, &uri);
+    if let Some(code) = shared.take_fault(&method, &path) {
+        let reason = if code == 429 {
+            "TooManyRequests"
+        } else {
+            "InternalError"
+        };
+        let mut resp = json_response(
+            code,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": format!("injected fault {code}"), "reason": reason, "code": code}),
+        );
+        if code == 429 {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, "1".parse().expect("header"));
+        }
+        return resp;
+    }
+    let latency = shared.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let mut state = shared.state.lock().expect("state lock");
+    match route(&mut state, &method, &path, &query, &headers, &content_type, &body) {
+        Ok((code, v)) => json_response(code, &v),
+        Err(e) => error(&e),
+    }
+}
+
+fn route(
+    state: &mut State,
+    method: &Method,
+    path: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(u16, Value), ApiError> {
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let ok = |v: Value| Ok((200, v));
+    if *method == Method::GET {
+        match segments.as_slice() {
+            ["version"] => {
+                let (major, minor, git) = KUBE_VERSION;
+                return ok(json!({
+                    "major": major, "minor": minor, "gitVersion": git, "gitCommit": "skiff-kube-testserver",
+                    "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24",
+                    "compiler": "gc", "platform": "linux/amd64"
+                }));
+            }
+            ["healthz"] | ["readyz"] | ["livez"] => return ok(json!("ok")),
+            ["openapi", "v3"] => return ok(resources::openapi_root(state.types())),
+            ["openapi", "v3", rest @ ..] => {
+                let (group, version) = match rest {
+                    ["api", version] => ("", *version),
+                    ["apis", group, version] => (*group, *version),
+                    _ => return Err(ApiError::no_resource(path)),
+                };
+                return resources::openapi_group_version(state.types(), group, version)
+                    .map_or_else(|| Err(ApiError::no_resource(path)), ok);
+            }
+            ["api"] => return ok(resources::core_versions()),
+            ["apis"] => return ok(resources::group_list(state.types())),
+            ["api", version] => {
+                return resources::resource_list(state.types(), "", version)
+                    .map_or_else(|| Err(ApiError::no_resource(path)), ok);
+            }
+            ["apis", group] => {
+                return resources::group(state.types(), group)
+                    .map_or_else(|| Err(ApiError::no_resource(path)), ok);
+            }
+            ["apis", group, version] => {
+                return resources::resource_list(state.types(), group, version)
+                    .map_or_else(|| Err(ApiError::no_resource(path)), ok);
+            }
+            _ => {}
+        }
+    }
+    let target = parse_target(&segments).ok_or_else(|| ApiError::no_resource(path))?;
+    let rt = state
+        .find(&target.group, &target.version, &target.plural)
+        .ok_or_else(|| ApiError::no_resource(path))?;
+    if target.namespace.is_some() && !rt.namespaced {
+        return Err(ApiError::no_resource(path));
+    }
+    let ns = target.namespace.as_deref();
+    let sub = match target.sub.as_deref() {
+        None => Sub::Main,
+        Some("status") if rt.status => Sub::Status,
+        Some(_) => return Err(ApiError::no_resource(path)),
+    };
+    let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
+    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        return Err(ApiError {
+            code: 405,
+            reason: "MethodNotAllowed",
+            message: "watch is not supported by the skiff test server".to_owned(),
+            details: None,
+        });
+    }
+    match (method.clone(), target.name.as_deref()) {
+        (Method::GET, None) => ok(state.list(
+            &rt,
+            ns,
+            query.get("labelSelector").map(String::as_str),
+            query.get("fieldSelector").map(String::as_str),
+        )?),
+        (Method::GET, Some(name)) => ok(state.get(&rt, ns, name)?),
+        (Method::POST, None) => {
+            let body = parse_body(content_type, body)?;
+            let created = state.create(&rt, ns, body, &manager_of(query, headers), dry_run)?;
+            Ok((201, created))
+        }
+        (Method::PUT, Some(name)) => {
+            let body = parse_body(content_type, body)?;
+            ok(state.update(&rt, ns, name, body, &manager_of(query, headers), sub, dry_run)?)
+        }
+        (Method::PATCH, Some(name)) => {
+            let media = content_type.split(';').next().unwrap_or("").trim();
+            match media {
+                "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+                    let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
+                        // kube-apiserver: ValidatePatchOptions, reported as PatchOptions Invalid.
+                        return Err(ApiError {
+                            code: 422,
+                            reason: "Invalid",
+                            message: "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".to_owned(),
+                            details: Some(json!({"group": "meta.k8s.io", "kind": "PatchOptions",
+                                "causes": [{"reason": "FieldValueRequired", "message": "Required value: is required for apply patch", "field": "fieldManager"}]})),
+                        });
+                    };
+                    let config = parse_body(media, body)?;
+                    let force = query.get("force").is_some_and(|f| f == "true");
+                    let (v, created) = state.apply(&rt, ns, name, config, manager, force, sub, dry_run)?;
+                    Ok((if created { 201 } else { 200 }, v))
+                }
+                "application/merge-patch+json" => {
+                    let patch = parse_body(media, body)?;
+                    ok(
+                        state.merge_patch(
+                            &rt,
+                            ns,
+                            name,
+                            &patch,
+                            &manager_of(query, headers),
+                            sub,
+                            dry_run,
+                        )?,
+                    )
+                }
+                other => Err(ApiError::unsupported_media_type(other)),
+            }
+        }
+        (Method::DELETE, Some(name)) => {
+            if !body.is_empty() {
+                // DeleteOptions (propagationPolicy, …) are accepted; the body must still parse.
+                parse_body("application/json", body)?;
+            }
+            ok(state.delete(&rt, ns, name, dry_run)?)
+        }
+        _ => Err(ApiError {
+            code: 405,
+            reason: "MethodNotAllowed",
+            message: format!(
+                "the server does not allow this method on the requested resource ({method} {path})"
+            ),
+            details: None,
+        }),
+    }
+}
