@@ -11,6 +11,7 @@ use skiff_proto::keys::{KeyError, SigningKey};
 use skiff_proto::manifest::check_dns_label;
 use skiff_proto::statement::{BundleRef, Statement, check_channel_name};
 
+use crate::config::RenderMode;
 use crate::git::{GitError, Repo, strip_credentials};
 use crate::render::{self, RenderError};
 
@@ -47,6 +48,10 @@ pub struct BuildRequest {
     pub source_repo: Option<String>,
     /// The statement expires this long after it is made.
     pub expires_in: Option<Duration>,
+    /// How to render.
+    pub render: RenderMode,
+    /// Longest a render may take.
+    pub timeout: Duration,
 }
 
 /// A built and signed bundle.
@@ -124,21 +129,39 @@ pub fn build(request: &BuildRequest, key: &SigningKey) -> Result<Built, BuildErr
 
     let (files, source) = match &request.input {
         Input::Dir(dir) => {
-            let files = render::from_dir(dir)?;
+            let origin = dir.display().to_string();
+            let kustomize = match request.render {
+                RenderMode::Plain => false,
+                RenderMode::Kustomize => true,
+                RenderMode::Auto => render::dir_is_kustomization(dir),
+            };
+            let files = if kustomize {
+                render::kustomize_dir(dir, &origin, request.timeout)?
+            } else {
+                render::validate_plain(render::from_dir(dir)?, &origin)?
+            };
             let source = Source {
                 repo: request.source_repo.clone(),
                 branch: request.branch.clone(),
                 ..Source::default()
             };
-            (render::validate_plain(files, &dir.display().to_string())?, source)
+            (files, source)
         }
         Input::Git { repo, rev, path } => {
             let repo = Repo::new(repo);
             let commit = repo.resolve_commit(rev)?;
             let path = path.trim_matches('/').to_owned();
-            let files = render::from_git(&repo, &commit, &path)?;
             let origin = format!("{} at {commit} path {path:?}", repo.path().display());
-            let files = render::validate_plain(files, &origin)?;
+            let kustomize = match request.render {
+                RenderMode::Plain => false,
+                RenderMode::Kustomize => true,
+                RenderMode::Auto => render::git_is_kustomization(&repo, &commit, &path)?,
+            };
+            let files = if kustomize {
+                render::kustomize_git(&repo, &commit, &path, &origin, request.timeout)?
+            } else {
+                render::validate_plain(render::from_git(&repo, &commit, &path)?, &origin)?
+            };
             let source = Source {
                 repo: request
                     .source_repo

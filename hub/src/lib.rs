@@ -6,8 +6,17 @@
 //! - [`render`]: which files of a tree become a bundle, validated as Kubernetes would read them.
 //! - [`build`]: render → bundle → statement → signed envelope → files.
 
+pub mod api;
 pub mod build;
 pub mod cli;
+pub mod client;
+pub mod config;
+pub mod fleet;
 pub mod git;
+pub mod process;
 pub mod render;
+pub mod serve;
 pub mod sign;
+pub mod sources;
+pub mod store;
+pub mod telemetry;

@@ -10,7 +10,13 @@ use std::path::{Path, PathBuf};
 
 use skiff_proto::manifest::{ManifestError, parse_objects};
 
+use std::time::Duration;
+
 use crate::git::{EntryKind, GitError, Repo};
+use crate::process;
+
+/// Name of the one file a kustomize render produces in a bundle.
+pub const KUSTOMIZE_OUTPUT: &str = "rendered.yaml";
 
 /// A file taken from a folder or a tree, path relative to the rendered path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +67,20 @@ pub enum RenderError {
     /// No manifest files at all.
     #[error("no manifest files (*.yaml, *.yml, *.json) found in {0}")]
     Empty(String),
+    /// Neither `kustomize` nor `kubectl` is installed.
+    #[error("{0}: rendering a kustomization needs `kustomize` or `kubectl` on PATH; neither was found")]
+    KustomizeMissing(String),
+    /// kustomize failed.
+    #[error("{origin}: kustomize failed: {message}")]
+    Kustomize {
+        /// What was rendered.
+        origin: String,
+        /// What kustomize said.
+        message: String,
+    },
+    /// A helper program could not run.
+    #[error(transparent)]
+    Process(#[from] crate::process::ProcessError),
 }
 
 /// Whether a path names a manifest file that plain rendering takes.
@@ -69,7 +89,8 @@ pub fn is_manifest_name(path: &str) -> bool {
     !hidden && [".yaml", ".yml", ".json"].iter().any(|ext| path.ends_with(ext))
 }
 
-fn is_kustomization(path: &str) -> bool {
+/// Whether a path names a kustomization file.
+pub fn is_kustomization(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     matches!(name, "kustomization.yaml" | "kustomization.yml" | "Kustomization")
 }
@@ -177,6 +198,86 @@ pub fn validate_plain(
     } else {
         Err(RenderError::Invalid(errors))
     }
+}
+
+/// Whether `dir` holds a kustomization file at its top.
+pub fn dir_is_kustomization(dir: &Path) -> bool {
+    ["kustomization.yaml", "kustomization.yml", "Kustomization"]
+        .iter()
+        .any(|n| dir.join(n).is_file())
+}
+
+/// Whether the tree at `commit` holds a kustomization file directly in `path`.
+pub fn git_is_kustomization(repo: &Repo, commit: &str, path: &str) -> Result<bool, RenderError> {
+    Ok(repo
+        .list_tree(commit, path)?
+        .iter()
+        .any(|e| !e.path.contains('/') && is_kustomization(&e.path)))
+}
+
+/// Renders the kustomization in `dir` with `kustomize build` (or `kubectl kustomize`) and
+/// checks the output; the bundle holds it as one file, [`KUSTOMIZE_OUTPUT`].
+pub fn kustomize_dir(
+    dir: &Path,
+    origin: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
+    let mut cmd = if process::on_path("kustomize") {
+        let mut c = std::process::Command::new("kustomize");
+        c.arg("build");
+        c
+    } else if process::on_path("kubectl") {
+        let mut c = std::process::Command::new("kubectl");
+        c.arg("kustomize");
+        c
+    } else {
+        return Err(RenderError::KustomizeMissing(origin.to_owned()));
+    };
+    cmd.arg(dir);
+    let out = process::run(cmd, timeout)?;
+    if !out.status.success() {
+        return Err(RenderError::Kustomize {
+            origin: origin.to_owned(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    let files = vec![SourceFile {
+        path: KUSTOMIZE_OUTPUT.to_owned(),
+        bytes: out.stdout,
+    }];
+    validate_plain(files, origin)
+}
+
+/// Renders the kustomization at `path` of `commit`: the commit's tree (regular files only;
+/// symbolic links are left out so nothing outside the tree can be read) is written to a
+/// temporary folder and rendered there.
+pub fn kustomize_git(
+    repo: &Repo,
+    commit: &str,
+    path: &str,
+    origin: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
+    let tmp = tempfile::tempdir().map_err(|source| RenderError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let entries = repo.list_tree(commit, "")?;
+    let files: Vec<_> = entries.iter().filter(|e| e.kind == EntryKind::File).collect();
+    let oids: Vec<&str> = files.iter().map(|e| e.oid.as_str()).collect();
+    let blobs = repo.read_blobs(&oids)?;
+    for (entry, bytes) in files.iter().zip(blobs) {
+        let target = tmp.path().join(&entry.path);
+        let io = |source| RenderError::Io {
+            path: target.clone(),
+            source,
+        };
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::write(&target, bytes).map_err(io)?;
+    }
+    kustomize_dir(&tmp.path().join(path), origin, timeout)
 }
 
 #[cfg(test)]

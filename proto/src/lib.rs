@@ -9,6 +9,7 @@
 //!
 //! No I/O here beyond readers and writers handed in by the caller, and no async runtime.
 
+pub mod api;
 pub mod bundle;
 pub mod digest;
 pub mod dsse;

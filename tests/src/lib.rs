@@ -2,6 +2,7 @@
 //! the `git` CLI, and the shared corpus of real-world manifests.
 
 pub mod cluster;
+pub mod hub;
 pub mod kube;
 
 use std::path::{Path, PathBuf};
@@ -188,4 +189,73 @@ pub fn files_with_ext(dir: &Path, exts: &[&str]) -> Vec<String> {
     walk(dir, "", exts, &mut out);
     out.sort();
     out
+}
+
+/// Makes a private CA and a server certificate for 127.0.0.1/localhost signed by it (with
+/// the real `openssl`): returns (ca.crt, tls.crt, tls.key).
+pub fn make_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |n: &str| dir.join(n);
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::create_dir_all(dir).expect("tls dir");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=skiff test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=skiff-hub",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+    ]);
+    std::fs::write(
+        p("ext.cnf"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "tls.crt",
+    ]);
+    (p("ca.crt"), p("tls.crt"), p("tls.key"))
 }

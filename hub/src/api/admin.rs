@@ -1,0 +1,214 @@
+//! Admin routes: clusters (register, label, remove, rotate tokens, history), channels
+//! (state, refresh), status, and the air-gap helpers (a cluster's desired state, report
+//! import).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::agent::store_reports;
+use super::auth::require_admin;
+use super::{AppState, error};
+use crate::fleet::FleetError;
+
+/// `POST /v1/admin/clusters` body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AddCluster {
+    /// Cluster name (DNS label).
+    pub name: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A new token, shown once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The cluster.
+    pub cluster: String,
+    /// Its bearer token.
+    pub token: String,
+}
+
+/// `PATCH /v1/admin/clusters/{cluster}` body: labels to set (value) or remove (null).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LabelCluster {
+    /// Label changes.
+    pub labels: BTreeMap<String, Option<String>>,
+}
+
+fn fleet_error(e: FleetError) -> Response {
+    match e {
+        FleetError::UnknownCluster(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        FleetError::ClusterExists(_) => error(StatusCode::CONFLICT, e.to_string()),
+        FleetError::Invalid(_) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        other => error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+macro_rules! admin {
+    ($state:expr, $headers:expr) => {
+        if let Err(r) = require_admin(&$state, &$headers) {
+            return r.into_response();
+        }
+    };
+}
+
+/// `GET /v1/admin/clusters` and `/v1/admin/status`.
+pub async fn list_clusters(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    admin!(state, headers);
+    Json(state.fleet.cluster_statuses()).into_response()
+}
+
+/// `POST /v1/admin/clusters`
+pub async fn add_cluster(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    admin!(state, headers);
+    let req: AddCluster = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    match state.fleet.add_cluster(&req.name, req.labels) {
+        Ok(token) => {
+            tracing::info!(cluster = %req.name, "Cluster registered");
+            (
+                StatusCode::CREATED,
+                Json(TokenResponse {
+                    cluster: req.name,
+                    token,
+                }),
+            )
+                .into_response()
+        }
+        Err(e) => fleet_error(e),
+    }
+}
+
+/// `PATCH /v1/admin/clusters/{cluster}`
+pub async fn label_cluster(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    admin!(state, headers);
+    let req: LabelCluster = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    match state.fleet.label_cluster(&cluster, &req.labels) {
+        Ok(labels) => Json(serde_json::json!({"cluster": cluster, "labels": labels})).into_response(),
+        Err(e) => fleet_error(e),
+    }
+}
+
+/// `DELETE /v1/admin/clusters/{cluster}`
+pub async fn remove_cluster(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    admin!(state, headers);
+    match state.fleet.remove_cluster(&cluster) {
+        Ok(()) => {
+            tracing::info!(cluster = %cluster, "Cluster removed");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => fleet_error(e),
+    }
+}
+
+/// `POST /v1/admin/clusters/{cluster}/token`
+pub async fn rotate_token(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    admin!(state, headers);
+    match state.fleet.rotate_token(&cluster) {
+        Ok(token) => Json(TokenResponse { cluster, token }).into_response(),
+        Err(e) => fleet_error(e),
+    }
+}
+
+/// `GET /v1/admin/clusters/{cluster}/reports`: the report history, oldest first.
+pub async fn history(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    admin!(state, headers);
+    if !state.fleet.has_cluster(&cluster) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("cluster {cluster:?} is not registered"),
+        );
+    }
+    match state.fleet.store().history(&cluster, state.config.report_history) {
+        Ok(h) => Json(h).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `POST /v1/admin/clusters/{cluster}/reports`: reports carried across an air gap.
+pub async fn import_reports(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    admin!(state, headers);
+    store_reports(&state, &cluster, &body).await
+}
+
+/// `GET /v1/admin/clusters/{cluster}/desired`: what the cluster's agent would be given.
+pub async fn desired(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    admin!(state, headers);
+    match state.fleet.desired(&cluster) {
+        Some(a) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            a.body.clone(),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("cluster {cluster:?} is not registered"),
+        ),
+    }
+}
+
+/// `GET /v1/admin/channels`
+pub async fn list_channels(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    admin!(state, headers);
+    Json(state.fleet.channel_statuses()).into_response()
+}
+
+/// `POST /v1/admin/channels/{channel}/refresh`: fetch its repository and rebuild now.
+pub async fn refresh(
+    State(state): State<Arc<AppState>>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    admin!(state, headers);
+    if state.sources.trigger_channel(&channel) {
+        (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"channel": channel, "refresh": "queued"})),
+        )
+            .into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("channel {channel:?} is not configured"),
+        )
+    }
+}

@@ -1,0 +1,83 @@
+//! Bearer-token authentication: a cluster's token opens only that cluster's routes (and the
+//! bundles its channels hold); the admin token opens the admin routes.
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{AppState, error};
+use crate::fleet::{constant_time_eq, token_hash};
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Why a request was turned away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// 401: no token, or one nobody has.
+    Unauthorized,
+    /// 403: a valid token, for something else.
+    Forbidden(&'static str),
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Unauthorized => {
+                let mut r = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"skiff\"".parse().expect("header"),
+                );
+                r
+            }
+            Self::Forbidden(why) => error(StatusCode::FORBIDDEN, why),
+        }
+    }
+}
+
+/// Whoever a request's token belongs to.
+pub enum Caller {
+    /// A cluster's agent.
+    Cluster(String),
+    /// An administrator.
+    Admin,
+}
+
+/// Identifies the caller: 401 when the token is missing or unknown.
+pub fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Denied> {
+    let token = bearer(headers).ok_or(Denied::Unauthorized)?;
+    if constant_time_eq(&token_hash(token), &state.admin_token_hash) {
+        return Ok(Caller::Admin);
+    }
+    state
+        .fleet
+        .cluster_of_token(token)
+        .map(Caller::Cluster)
+        .ok_or(Denied::Unauthorized)
+}
+
+/// Requires the token of `cluster`: 401 without a valid token, 403 with another cluster's
+/// (or the admin) token. Nothing about `cluster` is revealed either way.
+pub fn require_cluster(state: &AppState, headers: &HeaderMap, cluster: &str) -> Result<(), Denied> {
+    match caller(state, headers)? {
+        Caller::Cluster(c) if c == cluster => Ok(()),
+        _ => Err(Denied::Forbidden(
+            "this token is not allowed on this cluster's routes",
+        )),
+    }
+}
+
+/// Requires the admin token.
+pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Denied> {
+    match caller(state, headers)? {
+        Caller::Admin => Ok(()),
+        Caller::Cluster(_) => Err(Denied::Forbidden("admin token required")),
+    }
+}

@@ -1,0 +1,109 @@
+//! The hub's HTTP API: agents' routes (desired state, bundles, reports), admin routes,
+//! Git webhooks, health and metrics; served over HTTPS (rustls) or, on loopback or when
+//! asked, plain HTTP. SIGTERM stops accepting and drains in-flight requests.
+
+pub mod admin;
+mod agent;
+mod auth;
+mod hooks;
+mod listener;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use serde_json::json;
+
+pub use listener::{ServeError, serve, tls_config};
+
+use crate::config::HubConfig;
+use crate::fleet::Fleet;
+use crate::sources::Sources;
+use crate::telemetry::Metrics;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The fleet.
+    pub fleet: Arc<Fleet>,
+    /// Git sources (for refresh and webhooks).
+    pub sources: Arc<Sources>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// SHA-256 of the admin token.
+    pub admin_token_hash: String,
+    /// The configuration.
+    pub config: Arc<HubConfig>,
+    /// Flips to true when the hub is shutting down (ends long-polls early).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A JSON error body with a status code.
+pub(crate) fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+/// The router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/clusters/{cluster}/desired", get(agent::desired))
+        .route("/v1/clusters/{cluster}/reports", post(agent::reports))
+        .route("/v1/bundles/{sha256}", get(agent::bundle))
+        .route("/v1/hooks/git/{repo}", post(hooks::git))
+        .route(
+            "/v1/admin/clusters",
+            get(admin::list_clusters).post(admin::add_cluster),
+        )
+        .route(
+            "/v1/admin/clusters/{cluster}",
+            patch(admin::label_cluster).delete(admin::remove_cluster),
+        )
+        .route("/v1/admin/clusters/{cluster}/token", post(admin::rotate_token))
+        .route(
+            "/v1/admin/clusters/{cluster}/reports",
+            get(admin::history).post(admin::import_reports),
+        )
+        .route("/v1/admin/clusters/{cluster}/desired", get(admin::desired))
+        .route("/v1/admin/channels", get(admin::list_channels))
+        .route("/v1/admin/channels/{channel}/refresh", post(admin::refresh))
+        .route("/v1/admin/status", get(admin::list_clusters))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .route_layer(middleware::from_fn_with_state(state.clone(), record))
+        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(8 << 20))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&state.fleet),
+    )
+        .into_response()
+}
+
+/// Counts and times every request by route.
+async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
+        Some("/v1/clusters/{cluster}/desired") => "desired",
+        Some("/v1/clusters/{cluster}/reports") => "reports",
+        Some("/v1/bundles/{sha256}") => "bundle",
+        Some("/v1/hooks/git/{repo}") => "webhook",
+        Some("/metrics") => "metrics",
+        Some("/healthz" | "/readyz") => "health",
+        Some(p) if p.starts_with("/v1/admin") => "admin",
+        _ => "other",
+    };
+    let start = Instant::now();
+    let response = next.run(req).await;
+    state
+        .metrics
+        .request(route, response.status().as_u16(), start.elapsed());
+    response
+}

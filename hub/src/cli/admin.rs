@@ -1,0 +1,319 @@
+//! The admin commands: they talk to a running hub's admin API.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use reqwest::Method;
+use skiff_proto::api::{Desired, ReportAck, ReportFile};
+use skiff_proto::statement::Timestamp;
+
+use super::{ClusterCommand, HubArgs, Output};
+use crate::api::admin::TokenResponse;
+use crate::fleet::{ChannelStatus, ClusterStatus};
+
+fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .with_context(|| format!("label {p:?}: expected key=value"))
+        })
+        .collect()
+}
+
+fn ago(t: Option<Timestamp>) -> String {
+    let Some(t) = t else { return "never".to_owned() };
+    let secs = Timestamp::now().unix_seconds().saturating_sub(t.unix_seconds());
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".to_owned();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn table(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+pub(super) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Add { hub, name, labels } => {
+            let labels = parse_labels(&labels)?;
+            let r: TokenResponse = hub
+                .client()?
+                .json(
+                    Method::POST,
+                    "/v1/admin/clusters",
+                    Some(serde_json::json!({"name": name, "labels": labels})),
+                )
+                .await?;
+            eprintln!(
+                "registered cluster {} (the token below is shown only once)",
+                r.cluster
+            );
+            println!("{}", r.token);
+        }
+        ClusterCommand::List { hub, output } => {
+            let clusters: Vec<ClusterStatus> = hub
+                .client()?
+                .json(Method::GET, "/v1/admin/clusters", None)
+                .await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&clusters)?);
+                return Ok(());
+            }
+            let mut rows = vec![vec![
+                "NAME".to_owned(),
+                "LABELS".to_owned(),
+                "LAST SEEN".to_owned(),
+                "CHANNELS".to_owned(),
+            ]];
+            for c in &clusters {
+                let channels: Vec<&str> = c
+                    .channels
+                    .iter()
+                    .filter(|ch| ch.targeted)
+                    .map(|ch| ch.channel.as_str())
+                    .collect();
+                rows.push(vec![
+                    c.name.clone(),
+                    labels_text(&c.labels),
+                    ago(c.last_seen),
+                    if channels.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        channels.join(",")
+                    },
+                ]);
+            }
+            table(&rows);
+        }
+        ClusterCommand::Label { hub, name, changes } => {
+            let mut labels: BTreeMap<String, Option<String>> = BTreeMap::new();
+            for c in &changes {
+                if let Some((k, v)) = c.split_once('=') {
+                    labels.insert(k.trim().to_owned(), Some(v.trim().to_owned()));
+                } else if let Some(k) = c.strip_suffix('-') {
+                    labels.insert(k.trim().to_owned(), None);
+                } else {
+                    anyhow::bail!("{c:?}: expected key=value to set or key- to remove");
+                }
+            }
+            let r: serde_json::Value = hub
+                .client()?
+                .json(
+                    Method::PATCH,
+                    &format!("/v1/admin/clusters/{name}"),
+                    Some(serde_json::json!({"labels": labels})),
+                )
+                .await?;
+            let now: BTreeMap<String, String> =
+                serde_json::from_value(r["labels"].clone()).unwrap_or_default();
+            println!("{name}: {}", labels_text(&now));
+        }
+        ClusterCommand::Remove { hub, name } => {
+            let _: serde_json::Value = hub
+                .client()?
+                .json(Method::DELETE, &format!("/v1/admin/clusters/{name}"), None)
+                .await?;
+            eprintln!("removed cluster {name}");
+        }
+        ClusterCommand::RotateToken { hub, name } => {
+            let r: TokenResponse = hub
+                .client()?
+                .json(Method::POST, &format!("/v1/admin/clusters/{name}/token"), None)
+                .await?;
+            eprintln!("new token for {} (the old one no longer works)", r.cluster);
+            println!("{}", r.token);
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> {
+    let client = hub.client()?;
+    let clusters: Vec<ClusterStatus> = client.json(Method::GET, "/v1/admin/status", None).await?;
+    let channels: Vec<ChannelStatus> = client.json(Method::GET, "/v1/admin/channels", None).await?;
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"clusters": clusters, "channels": channels}))?
+        );
+        return Ok(());
+    }
+    let mut rows = vec![
+        [
+            "CHANNEL",
+            "REPO",
+            "BRANCH",
+            "PATH",
+            "GENERATION",
+            "COMMIT",
+            "LAST ERROR",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for c in &channels {
+        let r = &c.record;
+        rows.push(vec![
+            c.name.clone(),
+            c.repo.clone(),
+            c.branch.clone(),
+            if c.path.is_empty() {
+                "/".to_owned()
+            } else {
+                c.path.clone()
+            },
+            r.generation.to_string(),
+            r.commit
+                .as_deref()
+                .map_or("-".to_owned(), |c| c.chars().take(12).collect()),
+            r.last_error.as_ref().map_or("-".to_owned(), |e| {
+                let message: String = e.message.split_whitespace().collect::<Vec<_>>().join(" ");
+                let short: String = message.chars().take(160).collect();
+                format!("{}: {short}", e.commit.chars().take(12).collect::<String>())
+            }),
+        ]);
+    }
+    table(&rows);
+    println!();
+    let mut rows = vec![
+        [
+            "CLUSTER",
+            "LABELS",
+            "LAST SEEN",
+            "CHANNEL",
+            "DESIRED",
+            "APPLIED",
+            "RESULT",
+            "DRIFTED",
+            "HEALTH",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for c in &clusters {
+        let first = |ch: Option<&crate::fleet::ClusterChannelStatus>| {
+            let opt = |v: Option<u64>| v.map_or("-".to_owned(), |g| g.to_string());
+            match ch {
+                None => vec!["-".to_owned(); 6],
+                Some(ch) => vec![
+                    ch.channel.clone(),
+                    opt(ch.desired_generation),
+                    opt(ch.applied_generation),
+                    ch.result.clone().unwrap_or_else(|| "-".to_owned()),
+                    ch.drifted.to_string(),
+                    ch.health.clone().unwrap_or_else(|| "-".to_owned()),
+                ],
+            }
+        };
+        let mut row = vec![c.name.clone(), labels_text(&c.labels), ago(c.last_seen)];
+        row.extend(first(c.channels.first()));
+        rows.push(row);
+        for ch in c.channels.iter().skip(1) {
+            let mut row = vec![String::new(), String::new(), String::new()];
+            row.extend(first(Some(ch)));
+            rows.push(row);
+        }
+    }
+    table(&rows);
+    Ok(())
+}
+
+pub(super) async fn export(hub: &HubArgs, cluster: &str, out: &Path) -> anyhow::Result<()> {
+    let client = hub.client()?;
+    let desired: Desired = client
+        .json(
+            Method::GET,
+            &format!("/v1/admin/clusters/{cluster}/desired"),
+            None,
+        )
+        .await?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    if desired.channels.is_empty() {
+        eprintln!("no channel targets cluster {cluster}; nothing to export");
+    }
+    for ch in &desired.channels {
+        let (status, bytes) = client.send(Method::GET, &ch.bundle_url, None).await?;
+        anyhow::ensure!(status.is_success(), "downloading {}: {status}", ch.bundle_url);
+        anyhow::ensure!(
+            skiff_proto::Sha256Digest::of(&bytes) == ch.sha256,
+            "downloaded bundle {} does not match its digest",
+            ch.sha256
+        );
+        // Bundle first, envelope last: an importer waits for the pair.
+        let bundle = out.join(format!("{}.tar.gz", ch.sha256));
+        let envelope = out.join(format!("{}.dsse.json", ch.sha256));
+        write_atomic(&bundle, &bytes)?;
+        write_atomic(&envelope, &ch.envelope.to_json())?;
+        println!("{}", bundle.display());
+        println!("{}", envelope.display());
+        eprintln!(
+            "channel {} generation {} ({} bytes)",
+            ch.channel,
+            ch.generation,
+            bytes.len()
+        );
+    }
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+pub(super) async fn import(hub: &HubArgs, file: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let reports: ReportFile = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "{} is not a report file from skiff-agent report export",
+            file.display()
+        )
+    })?;
+    let ack: ReportAck = hub
+        .client()?
+        .json(
+            Method::POST,
+            &format!("/v1/admin/clusters/{}/reports", reports.cluster),
+            Some(serde_json::to_value(&reports.reports)?),
+        )
+        .await?;
+    println!(
+        "cluster {}: {} report(s) stored, {} already known",
+        reports.cluster, ack.stored, ack.duplicates
+    );
+    Ok(())
+}

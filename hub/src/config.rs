@@ -1,0 +1,535 @@
+//! The hub's configuration: a YAML file, then `SKIFF_HUB_*` environment variables and
+//! command-line flags on top. A bad config is refused at start with the file, key and reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use skiff_proto::manifest::check_dns_label;
+use skiff_proto::statement::check_channel_name;
+
+/// A config the hub cannot run with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML.
+    #[error("config {path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line).
+        message: String,
+    },
+    /// A key has a bad value.
+    #[error("config {path}: {key}: {reason}")]
+    Invalid {
+        /// The file (or "environment"/"flags").
+        path: PathBuf,
+        /// The key, as a path (`channels[1].repo`).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// How a channel's path is turned into manifests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RenderMode {
+    /// kustomize when the path holds a kustomization file, plain otherwise.
+    #[default]
+    Auto,
+    /// YAML/JSON files as they are.
+    Plain,
+    /// `kubectl kustomize` / `kustomize build`.
+    Kustomize,
+}
+
+/// TLS for the listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Credentials for fetching a repository.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// File holding an HTTPS token (GitHub/GitLab/Gitea personal or deploy token).
+    pub token_file: Option<PathBuf>,
+    /// User name sent with the token (default `git`; GitLab deploy tokens need theirs).
+    pub username: Option<String>,
+    /// SSH private key for `ssh://` and `git@host:` URLs.
+    pub ssh_key_file: Option<PathBuf>,
+    /// known_hosts file for SSH (default: accept a new host key once, then pin it).
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+/// One Git repository.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Name channels refer to; also in the webhook path.
+    pub name: String,
+    /// Local path, `file://`, `https://`, `ssh://` or `user@host:path`.
+    pub url: String,
+    /// How often to fetch (default 60s).
+    #[serde(default = "default_poll", with = "duration")]
+    pub poll: Duration,
+    /// Credentials for fetching.
+    #[serde(default)]
+    pub credentials: Credentials,
+    /// Shared secret for push webhooks (GitHub/Gitea HMAC, GitLab token).
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Which clusters a channel goes to.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    /// Clusters whose labels include all of these.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Clusters by name.
+    #[serde(default)]
+    pub clusters: BTreeSet<String>,
+}
+
+impl Targets {
+    /// Whether a cluster with this name and labels is targeted: named explicitly, or (when a
+    /// label selector is given) carrying every selected label. No targets at all: none.
+    pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        if self.clusters.contains(name) {
+            return true;
+        }
+        !self.labels.is_empty() && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// One channel: a repository branch and path, rendered and signed for targeted clusters.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Channel name (a label value).
+    pub name: String,
+    /// Name of a configured repository.
+    pub repo: String,
+    /// Branch to follow.
+    pub branch: String,
+    /// Folder in the repository (default: the root).
+    #[serde(default)]
+    pub path: String,
+    /// How to render.
+    #[serde(default)]
+    pub render: RenderMode,
+    /// Default namespace for namespaced objects that name none.
+    pub namespace: Option<String>,
+    /// Which clusters get it.
+    #[serde(default)]
+    pub targets: Targets,
+    /// Statements expire this long after signing (agents then refuse them).
+    #[serde(default, with = "opt_duration")]
+    pub expires_after: Option<Duration>,
+}
+
+/// The whole hub configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// URL agents reach the hub at (printed in bootstrap output); default from `listen`.
+    pub public_url: Option<String>,
+    /// Where the hub keeps its store, blobs and Git mirrors.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Private signing key (PKCS#8 PEM).
+    pub signing_key: Option<PathBuf>,
+    /// File holding the admin token.
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin token itself (prefer `admin_token_file` or `SKIFF_HUB_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// TLS certificate and key; without it the hub serves plain HTTP only on loopback or when
+    /// `insecure_http` is set.
+    pub tls: Option<TlsConfig>,
+    /// Allow plain HTTP on a non-loopback address.
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// Git repositories.
+    #[serde(default)]
+    pub repos: Vec<RepoConfig>,
+    /// Channels.
+    #[serde(default)]
+    pub channels: Vec<ChannelConfig>,
+    /// Timeout for one git fetch or render (default 120s).
+    #[serde(default = "default_command_timeout", with = "duration")]
+    pub command_timeout: Duration,
+    /// Reports kept per cluster (default 200).
+    #[serde(default = "default_history")]
+    pub report_history: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("address")
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/skiff-hub")
+}
+
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_history() -> usize {
+    200
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        super::parse_duration(&v).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        super::parse_duration(&v)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A duration written as `30s`, `5m`, `1h30m`, or a number of seconds.
+fn parse_duration(v: &serde_json::Value) -> Result<Duration, String> {
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{n} is not a whole number of seconds")),
+        serde_json::Value::String(s) => {
+            humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s or 5m: {e}"))
+        }
+        other => Err(format!("expected a duration like 30s, found {other}")),
+    }
+}
+
+/// Settings from flags and the environment that override the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen` / `SKIFF_HUB_LISTEN`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir` / `SKIFF_HUB_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--signing-key` / `SKIFF_HUB_SIGNING_KEY`.
+    pub signing_key: Option<PathBuf>,
+    /// `--admin-token-file` / `SKIFF_HUB_ADMIN_TOKEN_FILE`.
+    pub admin_token_file: Option<PathBuf>,
+    /// `SKIFF_HUB_ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
+    /// `--public-url` / `SKIFF_HUB_PUBLIC_URL`.
+    pub public_url: Option<String>,
+    /// `--insecure-http` / `SKIFF_HUB_INSECURE_HTTP`.
+    pub insecure_http: Option<bool>,
+}
+
+impl HubConfig {
+    /// Reads, overrides and checks a config file.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text, overrides)
+    }
+
+    /// Parses and checks config text (`path` names it in errors).
+    pub fn parse(path: &Path, text: &[u8], overrides: &Overrides) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let docs = skiff_proto::manifest::parse_file(&name, text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let value = match docs.len() {
+            0 => serde_json::json!({}),
+            1 => docs.into_iter().next().expect("one").value,
+            n => {
+                return Err(ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message: format!("expected one YAML document, found {n}"),
+                });
+            }
+        };
+        let mut config: HubConfig =
+            serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: if e.path().to_string() == "." {
+                    "(top level)".to_owned()
+                } else {
+                    e.path().to_string()
+                },
+                reason: e.inner().to_string(),
+            })?;
+        let o = overrides;
+        if let Some(v) = o.listen {
+            config.listen = v;
+        }
+        if let Some(v) = &o.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = &o.signing_key {
+            config.signing_key = Some(v.clone());
+        }
+        if let Some(v) = &o.admin_token_file {
+            config.admin_token_file = Some(v.clone());
+        }
+        if let Some(v) = &o.admin_token {
+            config.admin_token = Some(v.clone());
+        }
+        if let Some(v) = &o.public_url {
+            config.public_url = Some(v.clone());
+        }
+        if let Some(v) = o.insecure_http {
+            config.insecure_http = v;
+        }
+        config.check(path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason,
+        };
+        if self.signing_key.is_none() {
+            return Err(invalid(
+                "signing_key".into(),
+                "required: path of the PKCS#8 signing key (skiff-hub keygen)".into(),
+            ));
+        }
+        if self.admin_token.is_none() && self.admin_token_file.is_none() {
+            return Err(invalid(
+                "admin_token_file".into(),
+                "required (or admin_token / SKIFF_HUB_ADMIN_TOKEN): the token for admin commands".into(),
+            ));
+        }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.insecure_http {
+            return Err(invalid(
+                "listen".into(),
+                format!(
+                    "{} is not a loopback address; configure tls (cert, key) or set insecure_http: true",
+                    self.listen
+                ),
+            ));
+        }
+        let mut repos = BTreeSet::new();
+        for (i, r) in self.repos.iter().enumerate() {
+            if check_dns_label(&r.name).is_err() {
+                return Err(invalid(
+                    format!("repos[{i}].name"),
+                    format!(
+                        "{:?}: use lowercase letters, digits and '-' (it appears in URLs)",
+                        r.name
+                    ),
+                ));
+            }
+            if !repos.insert(r.name.as_str()) {
+                return Err(invalid(
+                    format!("repos[{i}].name"),
+                    format!("{:?} is defined twice", r.name),
+                ));
+            }
+            if r.url.trim().is_empty() {
+                return Err(invalid(format!("repos[{i}].url"), "empty".into()));
+            }
+            if r.poll < Duration::from_secs(1) {
+                return Err(invalid(format!("repos[{i}].poll"), "must be at least 1s".into()));
+            }
+        }
+        let mut channels = BTreeSet::new();
+        for (i, c) in self.channels.iter().enumerate() {
+            if let Err(reason) = check_channel_name(&c.name) {
+                return Err(invalid(
+                    format!("channels[{i}].name"),
+                    format!("{:?}: {reason}", c.name),
+                ));
+            }
+            if !channels.insert(c.name.as_str()) {
+                return Err(invalid(
+                    format!("channels[{i}].name"),
+                    format!("{:?} is defined twice", c.name),
+                ));
+            }
+            if !repos.contains(c.repo.as_str()) {
+                return Err(invalid(
+                    format!("channels[{i}].repo"),
+                    format!(
+                        "{:?} is not one of the configured repos ({})",
+                        c.repo,
+                        repos.iter().copied().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            if c.branch.is_empty() || c.branch.starts_with('-') || c.branch.contains("..") {
+                return Err(invalid(
+                    format!("channels[{i}].branch"),
+                    format!("{:?} is not a branch name", c.branch),
+                ));
+            }
+            if c.path.split('/').any(|p| p == "..") {
+                return Err(invalid(
+                    format!("channels[{i}].path"),
+                    "may not contain '..'".into(),
+                ));
+            }
+            if let Some(ns) = &c.namespace
+                && let Err(reason) = check_dns_label(ns)
+            {
+                return Err(invalid(
+                    format!("channels[{i}].namespace"),
+                    format!("{ns:?}: {reason}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The admin token, from the config or its file.
+    pub fn admin_token(&self) -> Result<String, ConfigError> {
+        if let Some(t) = &self.admin_token {
+            return Ok(t.trim().to_owned());
+        }
+        let path = self.admin_token_file.as_ref().expect("checked");
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let token = text.trim().to_owned();
+        if token.len() < 16 {
+            return Err(ConfigError::Invalid {
+                path: path.clone(),
+                key: "admin_token_file".into(),
+                reason: "the admin token must be at least 16 characters".into(),
+            });
+        }
+        Ok(token)
+    }
+
+    /// The URL agents use to reach this hub.
+    pub fn public_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| {
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}", self.listen)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen: 127.0.0.1:8080
+data_dir: /tmp/hub
+signing_key: /etc/skiff/signing.pem
+admin_token_file: /etc/skiff/admin.token
+repos:
+  - {name: fleet, url: "file:///srv/git/fleet.git", poll: 30s}
+channels:
+  - {name: prod, repo: fleet, branch: main, path: apps, targets: {labels: {env: prod}}}
+"#;
+
+    fn parse(text: &str) -> Result<HubConfig, ConfigError> {
+        HubConfig::parse(Path::new("hub.yaml"), text.as_bytes(), &Overrides::default())
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.repos[0].poll, Duration::from_secs(30));
+        assert_eq!(c.channels[0].render, RenderMode::Auto);
+        assert_eq!(c.channels[0].targets.labels["env"], "prod");
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let err = parse(&GOOD.replace("repo: fleet,", "repo: nope,"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config hub.yaml: channels[0].repo: \"nope\" is not one of"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("poll: 30s", "poll: soon"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("repos[0].poll") && err.contains("soon"), "{err}");
+        let err = parse(&GOOD.replace("branch: main,", "branch: main, colour: red,"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("channels[0]") && err.contains("unknown field `colour`"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("127.0.0.1:8080", "0.0.0.0:8080"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen") && err.contains("tls"), "{err}");
+        let err = parse("listen: [\n").unwrap_err().to_string();
+        assert!(err.starts_with("config hub.yaml: hub.yaml: line"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let o = Overrides {
+            listen: Some("127.0.0.1:9999".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let c = HubConfig::parse(Path::new("hub.yaml"), GOOD.as_bytes(), &o).unwrap();
+        assert_eq!(c.listen.port(), 9999);
+    }
+
+    #[test]
+    fn targets() {
+        let t = Targets {
+            labels: [("env".to_owned(), "prod".to_owned())].into(),
+            clusters: ["special".to_owned()].into(),
+        };
+        let prod: BTreeMap<String, String> = [("env".to_owned(), "prod".to_owned())].into();
+        assert!(t.matches("a", &prod));
+        assert!(t.matches("special", &BTreeMap::new()));
+        assert!(!t.matches("b", &BTreeMap::new()));
+        assert!(!Targets::default().matches("a", &prod), "no targets: no clusters");
+    }
+}

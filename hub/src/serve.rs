@@ -1,0 +1,109 @@
+//! `skiff-hub serve`: opens the store, follows Git, serves the API, stops cleanly on
+//! SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_proto::keys::SigningKey;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::config::HubConfig;
+use crate::fleet::{Fleet, token_hash};
+use crate::sources::Sources;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// Runs the hub until a termination signal.
+pub async fn run(config: HubConfig) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let key_path = config.signing_key.as_ref().expect("checked by config");
+    let key = Arc::new(SigningKey::load(key_path)?);
+    let admin_token = config.admin_token()?;
+    let tls = config.tls.as_ref().map(api::tls_config).transpose()?;
+
+    let store = Store::open(&config.data_dir)?;
+    let fleet = Arc::new(Fleet::load(
+        store,
+        config.channels.clone(),
+        config.report_history,
+    )?);
+    let metrics = Arc::new(Metrics::default());
+    let sources = Arc::new(Sources::new(
+        config.clone(),
+        fleet.clone(),
+        key.clone(),
+        metrics.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| api::ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    if tls.is_none() && !addr.ip().is_loopback() {
+        warn!(address = %addr, "Serving plain HTTP on a non-loopback address (insecure_http); tokens cross the network in clear text");
+    }
+    info!(
+        address = %addr,
+        scheme = if tls.is_some() { "https" } else { "http" },
+        keyid = %key.public_key().keyid(),
+        clusters = fleet.cluster_count(),
+        channels = config.channels.len(),
+        "Hub listening"
+    );
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let state = Arc::new(AppState {
+        fleet: fleet.clone(),
+        sources: sources.clone(),
+        metrics,
+        admin_token_hash: token_hash(&admin_token),
+        config: config.clone(),
+        shutdown: shutdown_rx.clone(),
+    });
+    sources.spawn();
+
+    let flusher = fleet.clone();
+    let mut flush_stop = shutdown_rx.clone();
+    let flush_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                _ = flush_stop.changed() => break,
+            }
+            let f = flusher.clone();
+            if let Ok(Err(error)) = tokio::task::spawn_blocking(move || f.flush_seen()).await {
+                warn!(%error, "Saving last-seen times failed");
+            }
+        }
+    });
+
+    let shutdown = async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "No SIGTERM handler; stop with Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = shutdown_tx.send(true);
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("Shutting down: draining in-flight requests");
+        let _ = shutdown_tx.send(true);
+    };
+    api::serve(listener, tls, api::router(state), shutdown).await?;
+    let _ = flush_task.await;
+    fleet.flush_seen()?;
+    info!("Hub stopped");
+    Ok(())
+}

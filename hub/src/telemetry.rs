@@ -1,0 +1,282 @@
+//! Logs (tracing, filtered by `SKIFF_LOG`, human or JSON) and Prometheus metrics.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use skiff_proto::statement::Timestamp;
+
+use crate::fleet::Fleet;
+
+/// Starts logging to stderr. `SKIFF_LOG` filters (default `info`); `json` switches format.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0];
+
+#[derive(Default)]
+struct Histogram {
+    count: u64,
+    sum: f64,
+    buckets: [u64; BUCKETS.len()],
+}
+
+/// The hub's counters.
+#[derive(Default)]
+pub struct Metrics {
+    built: Mutex<BTreeMap<String, u64>>,
+    failed: Mutex<BTreeMap<String, u64>>,
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    fetches: Mutex<BTreeMap<String, (Option<Timestamp>, u64)>>,
+}
+
+impl Metrics {
+    /// A bundle was built for `channel`.
+    pub fn bundle_built(&self, channel: &str) {
+        *self
+            .built
+            .lock()
+            .expect("metrics")
+            .entry(channel.to_owned())
+            .or_default() += 1;
+    }
+
+    /// A build of `channel` failed.
+    pub fn build_failed(&self, channel: &str) {
+        *self
+            .failed
+            .lock()
+            .expect("metrics")
+            .entry(channel.to_owned())
+            .or_default() += 1;
+    }
+
+    /// A fetch of `repo` finished.
+    pub fn fetched(&self, repo: &str, ok: bool) {
+        let mut f = self.fetches.lock().expect("metrics");
+        let e = f.entry(repo.to_owned()).or_default();
+        if ok {
+            e.0 = Some(Timestamp::now());
+        } else {
+            e.1 += 1;
+        }
+    }
+
+    /// A request to `route` was answered with `code` after `elapsed`.
+    pub fn request(&self, route: &'static str, code: u16, elapsed: Duration) {
+        *self
+            .requests
+            .lock()
+            .expect("metrics")
+            .entry((route, code))
+            .or_default() += 1;
+        let secs = elapsed.as_secs_f64();
+        let mut l = self.latency.lock().expect("metrics");
+        let h = l.entry(route).or_default();
+        h.count += 1;
+        h.sum += secs;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.buckets[i] += 1;
+            }
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, fleet: &Fleet) -> String {
+        let mut out = String::new();
+        family(
+            &mut out,
+            "skiff_hub_bundles_built_total",
+            "counter",
+            "Bundles built and signed, per channel.",
+        );
+        for (c, n) in self.built.lock().expect("metrics").iter() {
+            let _ = writeln!(out, "skiff_hub_bundles_built_total{{channel=\"{c}\"}} {n}");
+        }
+        family(
+            &mut out,
+            "skiff_hub_build_failures_total",
+            "counter",
+            "Commits that failed to render or validate, per channel.",
+        );
+        for (c, n) in self.failed.lock().expect("metrics").iter() {
+            let _ = writeln!(out, "skiff_hub_build_failures_total{{channel=\"{c}\"}} {n}");
+        }
+        family(
+            &mut out,
+            "skiff_hub_channel_generation",
+            "gauge",
+            "Current generation per channel.",
+        );
+        family(
+            &mut out,
+            "skiff_hub_channel_build_error",
+            "gauge",
+            "1 when the channel's newest commit failed to build.",
+        );
+        let channels = fleet.channel_statuses();
+        for c in &channels {
+            let _ = writeln!(
+                out,
+                "skiff_hub_channel_generation{{channel=\"{}\"}} {}",
+                c.name, c.record.generation
+            );
+            let _ = writeln!(
+                out,
+                "skiff_hub_channel_build_error{{channel=\"{}\"}} {}",
+                c.name,
+                u8::from(c.record.last_error.is_some())
+            );
+        }
+        family(
+            &mut out,
+            "skiff_hub_repo_last_fetch_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful fetch per repository.",
+        );
+        family(
+            &mut out,
+            "skiff_hub_repo_fetch_failures_total",
+            "counter",
+            "Failed fetches per repository.",
+        );
+        for (r, (ok, failures)) in self.fetches.lock().expect("metrics").iter() {
+            if let Some(t) = ok {
+                let _ = writeln!(
+                    out,
+                    "skiff_hub_repo_last_fetch_success_timestamp_seconds{{repo=\"{r}\"}} {}",
+                    t.unix_seconds()
+                );
+            }
+            let _ = writeln!(
+                out,
+                "skiff_hub_repo_fetch_failures_total{{repo=\"{r}\"}} {failures}"
+            );
+        }
+        family(
+            &mut out,
+            "skiff_hub_http_requests_total",
+            "counter",
+            "HTTP requests by route and status code.",
+        );
+        for ((route, code), n) in self.requests.lock().expect("metrics").iter() {
+            let _ = writeln!(
+                out,
+                "skiff_hub_http_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
+            );
+        }
+        family(
+            &mut out,
+            "skiff_hub_http_request_duration_seconds",
+            "histogram",
+            "HTTP request latency by route (long-polls include their wait).",
+        );
+        for (route, h) in self.latency.lock().expect("metrics").iter() {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "skiff_hub_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {}",
+                    h.buckets[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "skiff_hub_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "skiff_hub_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "skiff_hub_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count
+            );
+        }
+
+        let clusters = fleet.cluster_statuses();
+        let mut by_state: BTreeMap<&str, u64> = ["unseen", "synced", "progressing", "failed"]
+            .iter()
+            .map(|s| (*s, 0))
+            .collect();
+        family(
+            &mut out,
+            "skiff_hub_cluster_drifted_objects",
+            "gauge",
+            "Drifted objects in each cluster's latest reports.",
+        );
+        family(
+            &mut out,
+            "skiff_hub_cluster_unhealthy_channels",
+            "gauge",
+            "Channels whose latest health is not Healthy, per cluster.",
+        );
+        for c in &clusters {
+            let failed = c
+                .channels
+                .iter()
+                .any(|ch| matches!(ch.result.as_deref(), Some("failed" | "rejected")));
+            let synced =
+                c.channels.iter().filter(|ch| ch.targeted).all(|ch| {
+                    ch.desired_generation.is_none() || ch.applied_generation == ch.desired_generation
+                });
+            let state = if c.last_seen.is_none() {
+                "unseen"
+            } else if failed {
+                "failed"
+            } else if synced {
+                "synced"
+            } else {
+                "progressing"
+            };
+            *by_state.entry(state).or_default() += 1;
+            let drifted: usize = c.channels.iter().map(|ch| ch.drifted).sum();
+            let unhealthy = c
+                .channels
+                .iter()
+                .filter(|ch| ch.health.as_deref().is_some_and(|h| h != "Healthy"))
+                .count();
+            let _ = writeln!(
+                out,
+                "skiff_hub_cluster_drifted_objects{{cluster=\"{}\"}} {drifted}",
+                c.name
+            );
+            let _ = writeln!(
+                out,
+                "skiff_hub_cluster_unhealthy_channels{{cluster=\"{}\"}} {unhealthy}",
+                c.name
+            );
+        }
+        family(
+            &mut out,
+            "skiff_hub_clusters",
+            "gauge",
+            "Registered clusters by state (unseen, synced, progressing, failed).",
+        );
+        for (state, n) in by_state {
+            let _ = writeln!(out, "skiff_hub_clusters{{state=\"{state}\"}} {n}");
+        }
+        out
+    }
+}

@@ -1,0 +1,199 @@
+//! What the hub and agent say to each other over HTTP (JSON).
+//!
+//! - `GET /v1/clusters/{cluster}/desired` → [`Desired`] (strong `ETag`, `If-None-Match`,
+//!   `?wait=SECONDS` long-poll).
+//! - `GET /v1/bundles/{sha256}` → the bundle bytes (`Range` supported).
+//! - `POST /v1/clusters/{cluster}/reports` ← [`Report`] → [`ReportAck`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Sha256Digest;
+use crate::dsse::Envelope;
+use crate::statement::Timestamp;
+
+/// Longest long-poll the hub honours, in seconds.
+pub const MAX_WAIT_SECONDS: u64 = 300;
+
+/// Everything a cluster should run: one entry per channel that targets it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    /// The cluster asking.
+    pub cluster: String,
+    /// Channels, sorted by name.
+    pub channels: Vec<DesiredChannel>,
+}
+
+/// One channel's current bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredChannel {
+    /// Channel name.
+    pub channel: String,
+    /// Generation of the bundle.
+    pub generation: u64,
+    /// Bundle digest.
+    pub sha256: Sha256Digest,
+    /// Bundle size in bytes.
+    pub size: u64,
+    /// Source commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Path of the bundle on the hub (`/v1/bundles/<sha256>`).
+    pub bundle_url: String,
+    /// The signed statement.
+    pub envelope: Envelope,
+}
+
+/// The result of one thing the agent did for a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Applied (or re-applied) successfully.
+    Applied,
+    /// Applying failed (some object refused, cluster unreachable …).
+    Failed,
+    /// The bundle did not verify and was not applied.
+    Rejected,
+    /// A drift check ran (see `drift`).
+    Checked,
+}
+
+/// An object's identity, as reports name it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// apiVersion.
+    pub api_version: String,
+    /// kind.
+    pub kind: String,
+    /// Namespace, for namespaced objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{} {ns}/{}", self.api_version, self.kind, self.name),
+            None => write!(f, "{}/{} {}", self.api_version, self.kind, self.name),
+        }
+    }
+}
+
+/// An object that failed, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectError {
+    /// The object.
+    pub object: ObjectRef,
+    /// The API server's (or agent's) message.
+    pub message: String,
+}
+
+/// One drifted object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    /// The object.
+    pub object: ObjectRef,
+    /// `missing` or `modified`.
+    pub kind: String,
+    /// JSON paths that differ, with values where they may be shown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<DriftPath>,
+    /// Whether the agent re-applied it.
+    pub corrected: bool,
+}
+
+/// One differing path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftPath {
+    /// JSON path (`.spec.replicas`).
+    pub path: String,
+    /// Desired value, if it may be shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<serde_json::Value>,
+    /// Live value, if it may be shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<serde_json::Value>,
+}
+
+/// Health of a channel's objects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `Healthy`, `Progressing` or `Degraded`.
+    pub state: String,
+    /// Why, when not healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Objects not healthy, with their state.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub objects: BTreeMap<String, String>,
+}
+
+/// What an agent tells the hub after each apply attempt, rejection or drift check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Random id of the agent's store; sequence numbers count within it.
+    pub instance: String,
+    /// Strictly increasing per instance; the hub stores each (instance, seq) once.
+    pub seq: u64,
+    /// When the agent made the report.
+    pub time: Timestamp,
+    /// Agent version.
+    pub agent_version: String,
+    /// The channel.
+    pub channel: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Generation concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Bundle concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Sha256Digest>,
+    /// Source commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// A one-line summary (for failures: what failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Objects in the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<u64>,
+    /// Per-object errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ObjectError>,
+    /// How long it took, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Drifted objects found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<Drift>,
+    /// Health after the apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// The hub's answer to a batch of reports (`POST …/reports` takes a JSON array of
+/// [`Report`]s, oldest first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAck {
+    /// Reports that were new.
+    pub stored: usize,
+    /// Reports already stored before (retries), ignored.
+    pub duplicates: usize,
+}
+
+/// Reports carried across an air gap: `skiff-agent report export` writes it,
+/// `skiff-hub report import` reads it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReportFile {
+    /// The cluster that made them.
+    pub cluster: String,
+    /// In order.
+    pub reports: Vec<Report>,
+}
