@@ -40,8 +40,8 @@ pub enum FleetError {
 /// A cached desired-state answer.
 #[derive(Debug)]
 pub struct DesiredAnswer {
-    /// The JSON body.
-    pub body: Vec<u8>,
+    /// The JSON body (shared by every response that sends it).
+    pub body: axum::body::Bytes,
     /// Its strong ETag (quoted).
     pub etag: String,
 }
@@ -286,7 +286,10 @@ impl Fleet {
         })
         .expect("serializes");
         let etag = format!("\"{}\"", &Sha256Digest::of(&body).to_string()[..32]);
-        let answer = Arc::new(DesiredAnswer { body, etag });
+        let answer = Arc::new(DesiredAnswer {
+            body: body.into(),
+            etag,
+        });
         state.cache.insert(cluster.to_owned(), answer.clone());
         Some(answer)
     }

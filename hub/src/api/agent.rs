@@ -38,11 +38,17 @@ fn not_modified(etag: &str) -> Response {
         .into_response()
 }
 
-fn matches_etag(headers: &HeaderMap, etag: &str) -> bool {
+fn matching_etag(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        .map(str::to_owned)
+}
+
+fn etag_listed(if_none_match: &str, etag: &str) -> bool {
+    if_none_match
+        .split(',')
+        .any(|t| t.trim() == etag || t.trim() == "*")
 }
 
 /// `GET /v1/clusters/{cluster}/desired[?wait=SECONDS]`
@@ -61,6 +67,11 @@ pub async fn desired(
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "wait must be a whole number of seconds"),
     };
     state.fleet.touch(&cluster);
+    let if_none_match = matching_etag(&headers);
+    // A held long-poll should keep nothing of the request: its header values point into
+    // hyper's read buffer, which would otherwise stay allocated for the whole wait.
+    drop(headers);
+    drop(query);
     // Subscribe before computing, so no change between the two is missed.
     let mut changes = state.fleet.subscribe();
     let Some(answer) = state.fleet.desired(&cluster) else {
@@ -69,7 +80,10 @@ pub async fn desired(
             "this token is not allowed on this cluster's routes",
         );
     };
-    if !matches_etag(&headers, &answer.etag) {
+    if !if_none_match
+        .as_deref()
+        .is_some_and(|tags| etag_listed(tags, &answer.etag))
+    {
         return desired_response(&answer);
     }
     if wait == 0 {

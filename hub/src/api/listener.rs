@@ -1,6 +1,6 @@
 //! Serving: plain HTTP or HTTPS (rustls with ring) on one listener, graceful shutdown.
 //!
-//! TLS handshakes run in tasks of their own and hand finished connections to axum through a
+//! TLS handshakes run in tasks of their own and hand finished connections back through a
 //! channel, so one slow client cannot hold up the accept loop.
 
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -64,67 +65,78 @@ pub fn tls_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServeError> {
     Ok(config)
 }
 
-struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The accept loop ended: wait for shutdown to finish the server.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-/// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests
+/// (long-polls end early on shutdown, so draining takes moments; it is bounded at 30 s).
+///
+/// Connections are served by hyper directly rather than `axum::serve`: an agent holding a
+/// long-poll is an idle connection, and ten thousand of them should cost little. hyper's
+/// HTTP/1 read buffer is capped at its minimum (8 KiB; requests here are small), and one
+/// router is shared by all connections instead of being rebuilt per connection.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<rustls::ServerConfig>,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let Some(tls) = tls else {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
-        return Ok(());
-    };
-    let local = listener.local_addr()?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let (tx, rx) = mpsc::channel(256);
-    let accept_loop = tokio::spawn(async move {
-        loop {
-            let Ok((stream, addr)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send((tls, addr)).await;
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.max_buf_size(8192)
+        .keep_alive(true)
+        .header_read_timeout(Duration::from_secs(30))
+        .timer(hyper_util::rt::TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let acceptor = tls.map(|c| TlsAcceptor::from(Arc::new(c)));
+    let (tx, mut rx) = mpsc::channel::<(TlsStream<TcpStream>, SocketAddr)>(256);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                match &acceptor {
+                    None => {
+                        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, peer = %peer, "Connection ended with an error");
+                            }
+                        });
                     }
-                    Ok(Err(e)) => tracing::debug!(error = %e, peer = %addr, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(peer = %addr, "TLS handshake timed out"),
+                    Some(acceptor) => {
+                        // Handshakes run on their own, so a slow client cannot stall accepting.
+                        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => {
+                                    let _ = tx.send((tls, peer)).await;
+                                }
+                                Ok(Err(e)) => tracing::debug!(error = %e, peer = %peer, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
                 }
-            });
+            }
+            Some((tls, peer)) = rx.recv() => {
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(tls), service.clone()));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, peer = %peer, "Connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
         }
-    });
-    let result = axum::serve(TlsListener { rx, local }, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    accept_loop.abort();
-    result?;
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(30)) => {
+            tracing::warn!("Connections still open after 30s; closing them");
+        }
+    }
     Ok(())
 }
