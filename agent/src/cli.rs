@@ -6,6 +6,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use skiff_proto::verify::Policy;
 
+use std::sync::Arc;
+
+use crate::agent::{Agent, Offered};
+use crate::config::{AgentConfig, Overrides, Target};
 use crate::verify::{check_files, load_trust};
 
 /// The skiff agent: pulls signed bundles, verifies them and applies them to this cluster.
@@ -20,9 +24,125 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent: pull signed bundles from the hub (or an import folder), verify them,
+    /// apply them, keep the last good state, report back.
+    ///
+    /// Every config key can also be set with SKIFF_AGENT_* variables or the flags below.
+    Run(RunArgs),
+    /// Show, from the local store (no hub needed), what each channel has applied.
+    Status {
+        /// The agent's config file (for its data_dir).
+        #[arg(long, env = "SKIFF_AGENT_CONFIG", value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The data folder (instead of --config).
+        #[arg(long, env = "SKIFF_AGENT_DATA_DIR", value_name = "PATH")]
+        data_dir: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Verify and apply a bundle carried in by hand (air gap), exactly as if the hub sent it.
+    Import {
+        /// The agent's settings.
+        #[command(flatten)]
+        run: RunArgs,
+        /// The bundle (<sha256>.tar.gz).
+        bundle: PathBuf,
+        /// Its envelope (<sha256>.dsse.json).
+        envelope: PathBuf,
+    },
+    /// Reports for an air-gapped hub.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Work with bundle files directly (air-gapped sites, debugging).
     #[command(subcommand)]
     Bundle(BundleCommand),
+}
+
+/// `skiff-agent report …`
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Write the reports waiting for the hub to a file for `skiff-hub report import`.
+    Export {
+        /// The agent's config file (for its data_dir and cluster).
+        #[arg(long, env = "SKIFF_AGENT_CONFIG", value_name = "PATH")]
+        config: PathBuf,
+        /// Where to write the report file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For people.
+    Text,
+    /// For programs.
+    Json,
+}
+
+/// `skiff-agent run` (and `import`) settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The agent's config file (YAML).
+    #[arg(long, env = "SKIFF_AGENT_CONFIG", value_name = "PATH")]
+    pub config: PathBuf,
+    /// The hub's URL.
+    #[arg(long, env = "SKIFF_AGENT_HUB")]
+    pub hub: Option<String>,
+    /// This cluster's name on the hub.
+    #[arg(long, env = "SKIFF_AGENT_CLUSTER")]
+    pub cluster: Option<String>,
+    /// File holding the cluster token (SKIFF_AGENT_TOKEN gives the token itself).
+    #[arg(long, env = "SKIFF_AGENT_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Data folder.
+    #[arg(long, env = "SKIFF_AGENT_DATA_DIR", value_name = "PATH")]
+    pub data_dir: Option<PathBuf>,
+    /// `kube` or `dir:PATH`.
+    #[arg(long, env = "SKIFF_AGENT_TARGET", value_parser = crate::config::parse_target)]
+    pub target: Option<Target>,
+    /// Folder watched for bundle/envelope pairs.
+    #[arg(long, env = "SKIFF_AGENT_IMPORT_DIR", value_name = "PATH")]
+    pub import_dir: Option<PathBuf>,
+    /// kubeconfig for the kube target.
+    #[arg(long, env = "SKIFF_AGENT_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address for /metrics and /healthz.
+    #[arg(long, env = "SKIFF_AGENT_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum, env = "SKIFF_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// Log formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl RunArgs {
+    fn load(&self) -> anyhow::Result<AgentConfig> {
+        let o = Overrides {
+            hub: self.hub.clone(),
+            cluster: self.cluster.clone(),
+            token_file: self.token_file.clone(),
+            token: std::env::var("SKIFF_AGENT_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty()),
+            data_dir: self.data_dir.clone(),
+            target: self.target.clone(),
+            import_dir: self.import_dir.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            listen: self.listen,
+        };
+        Ok(AgentConfig::load(&self.config, &o)?)
+    }
 }
 
 /// `skiff-agent bundle …`
@@ -57,9 +177,83 @@ pub enum BundleCommand {
     },
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // A small runtime: an edge agent has little to do at once and should stay lean.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::info!("Stopping");
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => {
+            crate::telemetry::init_logging(args.log_format == LogFormat::Json);
+            let config = args.load()?;
+            config.require_source(&args.config)?;
+            runtime()?.block_on(async {
+                let listen = config.listen;
+                tracing::info!(cluster = %config.cluster, hub = config.hub.as_deref().unwrap_or("-"), target = ?config.target, "Agent starting");
+                let agent = Arc::new(Agent::new(config).await?);
+                if let Some(addr) = listen {
+                    let a = agent.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = crate::telemetry::serve(addr, a).await {
+                            tracing::error!(error = %e, address = %addr, "Metrics listener failed");
+                        }
+                    });
+                }
+                agent.run(shutdown_signal()).await;
+                anyhow::Ok(())
+            })
+        }
+        Command::Import {
+            run,
+            bundle,
+            envelope,
+        } => {
+            crate::telemetry::init_logging(false);
+            let mut config = run.load()?;
+            config.hub = None; // import works offline; reports wait in the outbox
+            runtime()?.block_on(async {
+                let agent = Agent::new(config).await?;
+                match agent.import_files(&bundle, &envelope).await? {
+                    Offered::Applied => println!("imported and applied {}", bundle.display()),
+                    Offered::Unchanged => println!("{} is already applied", bundle.display()),
+                    Offered::Failed(why) => anyhow::bail!("imported, but applying failed: {why}"),
+                    Offered::Rejected(why) => anyhow::bail!("{} rejected: {why}", bundle.display()),
+                }
+                Ok(())
+            })
+        }
+        Command::Status {
+            config,
+            data_dir,
+            output,
+        } => {
+            let dir = match (data_dir, config) {
+                (Some(d), _) => d,
+                (None, Some(c)) => AgentConfig::load(&c, &Overrides::default())?.data_dir,
+                (None, None) => anyhow::bail!("give --config PATH or --data-dir PATH"),
+            };
+            crate::status::print(&dir, output == Output::Json)
+        }
+        Command::Report(ReportCommand::Export { config, out }) => {
+            let config = AgentConfig::load(&config, &Overrides::default())?;
+            crate::status::export_reports(&config, &out)
+        }
         Command::Bundle(BundleCommand::Verify {
             keys,
             threshold,

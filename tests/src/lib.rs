@@ -1,6 +1,7 @@
 //! Helpers for skiff's cross-crate tests: the real binaries, real Git repositories made with
 //! the `git` CLI, and the shared corpus of real-world manifests.
 
+pub mod agent;
 pub mod cluster;
 pub mod hub;
 pub mod kube;

@@ -1,0 +1,619 @@
+//! The agent's work, in the order of the flow: fetch desired → download → verify → store →
+//! apply → prune → report; and at start, re-apply from the store without waiting for a hub.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use skiff_proto::Sha256Digest;
+use skiff_proto::api::{ObjectError, ObjectRef, Outcome as ReportOutcome, Report};
+use skiff_proto::dsse::Envelope;
+use skiff_proto::statement::Timestamp;
+use skiff_proto::verify::{Accepted as AcceptedGen, Policy, TrustSet, VerifyError, verify_bundle};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::apply::dir::DirApplier;
+use crate::apply::kube::KubeApplier;
+use crate::apply::{Outcome, builtin_cluster_scoped, objects};
+use crate::config::{AgentConfig, Target};
+use crate::source::{HubClient, SourceError, scan_import_dir};
+use crate::store::{Accepted, Applied, ChannelState, Store};
+
+/// Where objects go.
+pub enum Applier {
+    /// The Kubernetes API.
+    Kube(KubeApplier),
+    /// A folder.
+    Dir(DirApplier),
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    /// Successful applies.
+    pub applies_ok: AtomicU64,
+    /// Failed applies.
+    pub applies_failed: AtomicU64,
+    /// Rejected bundles.
+    pub rejected: AtomicU64,
+    /// Reports delivered.
+    pub reports_sent: AtomicU64,
+}
+
+/// What became of a bundle offered to the agent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// Verified, stored and applied.
+    Applied,
+    /// Verified and stored; applying failed (it is retried).
+    Failed(String),
+    /// Already the accepted and applied bundle.
+    Unchanged,
+    /// Did not verify; nothing changed.
+    Rejected(String),
+}
+
+/// The agent.
+pub struct Agent {
+    config: AgentConfig,
+    store: Store,
+    trust: TrustSet,
+    applier: Applier,
+    hub: Option<HubClient>,
+    /// Counters.
+    pub metrics: Metrics,
+    reports: Notify,
+    rejected: std::sync::Mutex<HashSet<Sha256Digest>>,
+    retries: std::sync::Mutex<HashMap<String, (u32, Instant)>>,
+    /// Serializes applies (one bundle at a time touches the cluster).
+    apply_lock: tokio::sync::Mutex<()>,
+}
+
+/// A snapshot for `skiff-agent status` while the agent runs (the store is locked then).
+#[derive(Serialize)]
+struct Snapshot<'a> {
+    cluster: &'a str,
+    channels: &'a std::collections::BTreeMap<String, ChannelState>,
+    outbox: u64,
+    dropped: u64,
+    written: Timestamp,
+}
+
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let frac = f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX); // 0..1
+    d.mul_f64(0.5 + frac / 2.0)
+}
+
+/// Exponential backoff from 1 s, at most `max`, with jitter so a fleet does not retry in step.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    let exp = Duration::from_secs(1u64 << failures.clamp(1, 12).saturating_sub(1));
+    jitter(exp.min(max))
+}
+
+impl Agent {
+    /// Builds the agent from its configuration (kube client, trust set, store).
+    pub async fn new(config: AgentConfig) -> anyhow::Result<Self> {
+        let keys = config
+            .trusted_keys
+            .iter()
+            .map(|p| skiff_proto::keys::PublicKey::load(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let trust = TrustSet::new(keys, config.threshold)?;
+        let store = Store::open(&config.data_dir)?;
+        let applier = match &config.target {
+            Target::Dir(path) => Applier::Dir(DirApplier::new(path.clone())),
+            Target::Kube => {
+                let kube_config = match &config.kubeconfig {
+                    Some(path) => {
+                        let kc = kube::config::Kubeconfig::read_from(path)
+                            .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?;
+                        kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+                    }
+                    None => kube::Config::infer().await.map_err(|e| {
+                        anyhow::anyhow!("no Kubernetes access (not in a cluster, no kubeconfig): {e}; set kubeconfig or use target: dir:PATH")
+                    })?,
+                };
+                let client = kube::Client::try_from(kube_config)?;
+                Applier::Kube(KubeApplier::new(
+                    client,
+                    config.force_conflicts,
+                    config.namespace.clone(),
+                ))
+            }
+        };
+        let hub = match &config.hub {
+            Some(_) => Some(HubClient::new(
+                config.hub.clone(),
+                config.mirrors.clone(),
+                config.cluster.clone(),
+                config.token()?,
+                config.ca_file.as_deref(),
+                config.long_poll_wait + Duration::from_secs(30),
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            config,
+            store,
+            trust,
+            applier,
+            hub,
+            metrics: Metrics::default(),
+            reports: Notify::new(),
+            rejected: std::sync::Mutex::new(HashSet::new()),
+            retries: std::sync::Mutex::new(HashMap::new()),
+            apply_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn write_snapshot(&self) {
+        let Ok(channels) = self.store.channels() else {
+            return;
+        };
+        let snapshot = Snapshot {
+            cluster: &self.config.cluster,
+            channels: &channels,
+            outbox: self.store.outbox_len().unwrap_or(0),
+            dropped: self.store.dropped().unwrap_or(0),
+            written: Timestamp::now(),
+        };
+        let path = self.config.data_dir.join("status.json");
+        let tmp = self.config.data_dir.join(".status.json.tmp");
+        if std::fs::write(&tmp, serde_json::to_vec_pretty(&snapshot).expect("serializes")).is_ok() {
+            let _ = std::fs::rename(tmp, path);
+        }
+        if let Ok(pending) = self.store.outbox(self.config.outbox_limit) {
+            let file = skiff_proto::api::ReportFile {
+                cluster: self.config.cluster.clone(),
+                reports: pending,
+            };
+            let tmp = self.config.data_dir.join(".outbox.json.tmp");
+            if std::fs::write(&tmp, serde_json::to_vec(&file).expect("serializes")).is_ok() {
+                let _ = std::fs::rename(tmp, self.config.data_dir.join("outbox.json"));
+            }
+        }
+    }
+
+    fn report(&self, mut report: Report) {
+        report.agent_version = env!("CARGO_PKG_VERSION").to_owned();
+        match self.store.push_report(report, self.config.outbox_limit) {
+            Ok(_) => self.reports.notify_one(),
+            Err(error) => warn!(%error, "Could not queue a report"),
+        }
+        self.write_snapshot();
+    }
+
+    fn base_report(channel: &str, outcome: ReportOutcome) -> Report {
+        Report {
+            instance: String::new(),
+            seq: 0,
+            time: Timestamp::now(),
+            agent_version: String::new(),
+            channel: channel.to_owned(),
+            outcome,
+            generation: None,
+            sha256: None,
+            commit: None,
+            message: None,
+            objects: None,
+            errors: Vec::new(),
+            duration_ms: None,
+            drift: Vec::new(),
+            health: None,
+        }
+    }
+
+    /// Verifies a bundle and, if it is new, stores and applies it. `source` names where it
+    /// came from in logs and reports.
+    pub async fn offer(
+        &self,
+        source: &str,
+        envelope_json: &[u8],
+        tarball: Vec<u8>,
+    ) -> anyhow::Result<Offered> {
+        // The channel is known only from a verified statement; find it, then run every step.
+        let envelope = Envelope::from_json(envelope_json).map_err(VerifyError::from);
+        let statement = envelope.and_then(|e| self.trust.verify_envelope(&e));
+        let (channel, state) = match &statement {
+            Ok(s) => (s.channel.clone(), self.store.channel(&s.channel)?),
+            Err(_) => ("unknown".to_owned(), ChannelState::default()),
+        };
+        let policy = Policy {
+            highest: state.accepted.as_ref().map(|a| AcceptedGen {
+                generation: a.generation,
+                digest: a.sha256,
+            }),
+            ..Policy::default()
+        };
+        let verified = match statement
+            .and_then(|_| verify_bundle(&self.trust, envelope_json, &tarball, &policy))
+        {
+            Ok(v) => v,
+            Err(error) => {
+                let digest = Sha256Digest::of(&tarball);
+                self.rejected.lock().expect("rejected").insert(digest);
+                self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(%error, channel = %channel, digest = %digest, source, "Bundle rejected; keeping the last good state");
+                let mut r = Self::base_report(&channel, ReportOutcome::Rejected);
+                r.sha256 = Some(digest);
+                r.message = Some(format!("bundle from {source} rejected: {error}"));
+                self.report(r);
+                return Ok(Offered::Rejected(error.to_string()));
+            }
+        };
+        let s = &verified.statement;
+        let same = state
+            .accepted
+            .as_ref()
+            .is_some_and(|a| a.sha256 == s.bundle.sha256);
+        if same
+            && state
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.ok && a.sha256 == s.bundle.sha256)
+        {
+            return Ok(Offered::Unchanged);
+        }
+        if !same {
+            self.store.put_bundle(&s.bundle.sha256, &tarball)?;
+            let mut state = state;
+            let envelope = Envelope::from_json(envelope_json)?;
+            state.accepted = Some(Accepted {
+                generation: s.generation,
+                sha256: s.bundle.sha256,
+                commit: s.commit.clone(),
+                envelope,
+                at: Timestamp::now(),
+            });
+            self.store.put_channel(&s.channel, &state)?;
+            info!(channel = %s.channel, generation = s.generation, digest = %s.bundle.sha256, source, "Bundle verified and accepted");
+        }
+        let outcome = self.apply_channel(&s.channel).await?;
+        let _ = self.store.gc_bundles();
+        Ok(if outcome.errors.is_empty() {
+            Offered::Applied
+        } else {
+            Offered::Failed(
+                outcome
+                    .errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.object, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })
+    }
+
+    /// Applies a channel's accepted bundle from the store (re-verified first: the store is
+    /// disk, and disks lie), prunes, records and reports the result.
+    pub async fn apply_channel(&self, channel: &str) -> anyhow::Result<Outcome> {
+        let _guard = self.apply_lock.lock().await;
+        let mut state = self.store.channel(channel)?;
+        let Some(accepted) = state.accepted.clone() else {
+            return Ok(Outcome::default());
+        };
+        let started = Instant::now();
+        let tarball = self.store.bundle(&accepted.sha256)?;
+        // Expiry is about accepting; the last good state stays applicable offline.
+        let policy = Policy {
+            channel: Some(channel.to_owned()),
+            now: accepted.at,
+            ..Policy::default()
+        };
+        let verified = verify_bundle(&self.trust, &accepted.envelope.to_json(), &tarball, &policy)
+            .map_err(|e| anyhow::anyhow!("stored bundle of channel {channel} no longer verifies: {e}"))?;
+        let previous = match (&self.applier, state.inventory.is_empty()) {
+            (Applier::Kube(k), true) => k.load_inventory(channel).await.unwrap_or_default(),
+            _ => state.inventory.clone(),
+        };
+        let outcome = match &self.applier {
+            Applier::Kube(k) => k.apply(channel, &verified.bundle, &previous).await,
+            Applier::Dir(d) => match objects(&verified.bundle, channel, &|api, kind| {
+                !builtin_cluster_scoped(api, kind)
+            }) {
+                Ok(objs) => d.apply(channel, &objs, &previous),
+                Err(errors) => Outcome {
+                    errors: errors
+                        .into_iter()
+                        .map(|e| ObjectError {
+                            object: ObjectRef {
+                                api_version: String::new(),
+                                kind: String::new(),
+                                namespace: None,
+                                name: String::new(),
+                            },
+                            message: e.to_string(),
+                        })
+                        .collect(),
+                    ..Outcome::default()
+                },
+            },
+        };
+        let ok = outcome.errors.is_empty();
+        // What is in the cluster now: all of it on success; on failure nothing was pruned,
+        // so the previous objects are still there too.
+        let mut inventory: Vec<ObjectRef> = outcome.applied.clone();
+        if !ok {
+            inventory.extend(previous.iter().cloned());
+        }
+        inventory.sort();
+        inventory.dedup();
+        let message = if ok {
+            format!(
+                "{} objects applied, {} pruned",
+                outcome.applied.len(),
+                outcome.pruned.len()
+            )
+        } else {
+            format!(
+                "{} of {} objects failed: {}",
+                outcome.errors.len(),
+                outcome.errors.len() + outcome.applied.len(),
+                outcome
+                    .errors
+                    .first()
+                    .map(|e| format!("{} {}", e.object, e.message))
+                    .unwrap_or_default()
+            )
+        };
+        if let (Applier::Kube(k), true) = (&self.applier, ok)
+            && let Err(e) = k.save_inventory(channel, accepted.generation, &inventory).await
+        {
+            warn!(error = %e, channel, "Saving the inventory ConfigMap failed (the store has it)");
+        }
+        state.inventory = inventory;
+        state.applied = Some(Applied {
+            generation: accepted.generation,
+            sha256: accepted.sha256,
+            commit: accepted.commit.clone(),
+            at: Timestamp::now(),
+            ok,
+            message: message.clone(),
+            objects: outcome.applied.len() as u64 + outcome.errors.len() as u64,
+        });
+        self.store.put_channel(channel, &state)?;
+        let elapsed = started.elapsed();
+        if ok {
+            self.metrics.applies_ok.fetch_add(1, Ordering::Relaxed);
+            self.retries.lock().expect("retries").remove(channel);
+            info!(
+                channel,
+                generation = accepted.generation,
+                applied = outcome.applied.len(),
+                pruned = outcome.pruned.len(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "Applied"
+            );
+        } else {
+            self.metrics.applies_failed.fetch_add(1, Ordering::Relaxed);
+            let mut retries = self.retries.lock().expect("retries");
+            let failures = retries.get(channel).map_or(1, |(n, _)| n + 1);
+            let wait = if outcome.transient {
+                backoff(failures, Duration::from_secs(60))
+            } else {
+                backoff(failures, self.config.max_backoff)
+            };
+            retries.insert(channel.to_owned(), (failures, Instant::now() + wait));
+            warn!(channel, generation = accepted.generation, error = %message, retry_in = ?wait, "Apply failed; retrying");
+        }
+        let mut r = Self::base_report(
+            channel,
+            if ok {
+                ReportOutcome::Applied
+            } else {
+                ReportOutcome::Failed
+            },
+        );
+        r.generation = Some(accepted.generation);
+        r.sha256 = Some(accepted.sha256);
+        r.commit = accepted.commit.clone();
+        r.message = Some(message);
+        r.objects = Some(outcome.applied.len() as u64 + outcome.errors.len() as u64);
+        r.errors = outcome.errors.clone();
+        r.duration_ms = Some(elapsed.as_millis() as u64);
+        self.report(r);
+        Ok(outcome)
+    }
+
+    /// At start: re-apply every channel from the store, hub or no hub.
+    pub async fn reapply_stored(&self) {
+        let channels = match self.store.channels() {
+            Ok(c) => c,
+            Err(error) => {
+                warn!(%error, "Reading the store failed");
+                return;
+            }
+        };
+        for (name, state) in channels {
+            if state.accepted.is_some()
+                && let Err(error) = self.apply_channel(&name).await
+            {
+                warn!(%error, channel = %name, "Re-applying from the store failed");
+            }
+        }
+        self.write_snapshot();
+    }
+
+    /// Imports one bundle/envelope pair from files.
+    pub async fn import_files(&self, bundle: &PathBuf, envelope: &PathBuf) -> anyhow::Result<Offered> {
+        let env =
+            std::fs::read(envelope).map_err(|e| anyhow::anyhow!("reading {}: {e}", envelope.display()))?;
+        let tar = std::fs::read(bundle).map_err(|e| anyhow::anyhow!("reading {}: {e}", bundle.display()))?;
+        self.offer(&format!("import {}", bundle.display()), &env, tar)
+            .await
+    }
+
+    async fn poll_hub(self: Arc<Self>) {
+        let Some(hub) = &self.hub else { return };
+        let mut etag: Option<String> = None;
+        let mut failures = 0u32;
+        loop {
+            let wait = if etag.is_some() {
+                self.config.long_poll_wait
+            } else {
+                Duration::ZERO
+            };
+            match hub.desired(etag.as_deref(), wait).await {
+                Ok(None) => {
+                    failures = 0;
+                    if self.config.long_poll_wait.is_zero() {
+                        tokio::time::sleep(jitter(self.config.poll_interval)).await;
+                    }
+                }
+                Ok(Some((desired, tag))) => {
+                    failures = 0;
+                    let mut complete = true;
+                    for ch in &desired.channels {
+                        let current = self
+                            .store
+                            .channel(&ch.channel)
+                            .ok()
+                            .and_then(|s| s.accepted)
+                            .map(|a| a.sha256);
+                        if current == Some(ch.sha256)
+                            || self.rejected.lock().expect("rejected").contains(&ch.sha256)
+                        {
+                            continue;
+                        }
+                        let partial = self
+                            .config
+                            .data_dir
+                            .join("bundles")
+                            .join(format!("{}.part", ch.sha256));
+                        match hub.download(&ch.bundle_url, &ch.sha256, ch.size, &partial).await {
+                            Ok(bytes) => {
+                                if let Err(error) = self.offer("hub", &ch.envelope.to_json(), bytes).await {
+                                    warn!(%error, channel = %ch.channel, "Storing a bundle failed");
+                                    complete = false;
+                                }
+                            }
+                            Err(error) => {
+                                warn!(%error, channel = %ch.channel, "Bundle download failed; will resume");
+                                complete = false;
+                            }
+                        }
+                    }
+                    if complete {
+                        etag = Some(tag);
+                    } else {
+                        tokio::time::sleep(backoff(2, self.config.max_backoff)).await;
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    let wait = backoff(failures, self.config.max_backoff);
+                    match &error {
+                        SourceError::Refused(_) => {
+                            warn!(%error, retry_in = ?wait, "Hub refused the agent; check cluster name and token")
+                        }
+                        _ => info!(%error, retry_in = ?wait, "Hub unreachable; keeping the last good state"),
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn send_reports(self: Arc<Self>) {
+        let Some(hub) = &self.hub else { return };
+        let mut failures = 0u32;
+        loop {
+            let batch = self.store.outbox(50).unwrap_or_default();
+            if batch.is_empty() {
+                tokio::select! {
+                    () = self.reports.notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+                continue;
+            }
+            match hub.send_reports(&batch).await {
+                Ok(_) => {
+                    failures = 0;
+                    let seqs: Vec<u64> = batch.iter().map(|r| r.seq).collect();
+                    if let Err(error) = self.store.remove_reports(&seqs) {
+                        warn!(%error, "Removing delivered reports failed");
+                    }
+                    self.metrics
+                        .reports_sent
+                        .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                    self.write_snapshot();
+                }
+                Err(error) => {
+                    failures += 1;
+                    let wait = backoff(failures, self.config.max_backoff);
+                    info!(%error, pending = batch.len(), retry_in = ?wait, "Reports wait in the outbox");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn watch_imports(self: Arc<Self>) {
+        let Some(dir) = self.config.import_dir.clone() else {
+            return;
+        };
+        loop {
+            for pair in scan_import_dir(&dir) {
+                let digest = pair
+                    .bundle
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".tar.gz"))
+                    .and_then(|d| d.parse::<Sha256Digest>().ok());
+                if digest.is_some_and(|d| self.rejected.lock().expect("rejected").contains(&d)) {
+                    continue;
+                }
+                if let Err(error) = self.import_files(&pair.bundle, &pair.envelope).await {
+                    warn!(%error, file = %pair.bundle.display(), "Import failed");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    async fn retry_failed(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let due: Vec<String> = self
+                .retries
+                .lock()
+                .expect("retries")
+                .iter()
+                .filter(|(_, (_, at))| *at <= Instant::now())
+                .map(|(c, _)| c.clone())
+                .collect();
+            for channel in due {
+                if let Err(error) = self.apply_channel(&channel).await {
+                    warn!(%error, channel = %channel, "Retry failed");
+                }
+            }
+        }
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        self.reapply_stored().await;
+        let tasks = vec![
+            tokio::spawn(self.clone().poll_hub()),
+            tokio::spawn(self.clone().send_reports()),
+            tokio::spawn(self.clone().watch_imports()),
+            tokio::spawn(self.clone().retry_failed()),
+        ];
+        shutdown.await;
+        for t in tasks {
+            t.abort();
+        }
+        self.write_snapshot();
+    }
+}

@@ -1,0 +1,352 @@
+//! The `kube` target: server-side apply (field manager `skiff`), in waves and phases,
+//! CRDs waited for until Established, kinds resolved through discovery, concurrency within
+//! a group, prune after a fully successful apply, and the inventory kept in a ConfigMap too
+//! (so a reinstalled agent with an empty store can still prune).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Scope};
+use serde_json::{Value, json};
+use skiff_proto::api::{ObjectError, ObjectRef};
+use skiff_proto::bundle::Bundle;
+
+use super::{Desired, Outcome, objects, plan, prunable, prune_set};
+
+/// Field manager of every apply.
+pub const FIELD_MANAGER: &str = "skiff";
+/// Objects applied at once within a group.
+const CONCURRENCY: usize = 16;
+/// Longest wait for a CRD to become Established.
+const CRD_WAIT: Duration = Duration::from_secs(60);
+
+/// The `kube` applier.
+pub struct KubeApplier {
+    client: kube::Client,
+    force: bool,
+    namespace: String,
+    kinds: Mutex<HashMap<(String, String), (ApiResource, ApiCapabilities)>>,
+}
+
+fn gvk_of(api_version: &str, kind: &str) -> GroupVersionKind {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    GroupVersionKind::gvk(group, version, kind)
+}
+
+/// Why a call failed, and whether retrying may help.
+type Failure = (String, bool);
+
+/// A short message for a failed call, and whether retrying may help.
+pub fn describe(e: &kube::Error) -> Failure {
+    match e {
+        kube::Error::Api(s) => {
+            let transient = s.code == 429 || s.code >= 500;
+            (format!("{} {}: {}", s.code, s.reason, s.message), transient)
+        }
+        other => (other.to_string(), true),
+    }
+}
+
+impl KubeApplier {
+    /// An applier using `client`; `namespace` holds the inventory ConfigMaps.
+    pub fn new(client: kube::Client, force: bool, namespace: String) -> Self {
+        Self {
+            client,
+            force,
+            namespace,
+            kinds: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn resolve(
+        &self,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<(ApiResource, ApiCapabilities), kube::Error> {
+        let key = (api_version.to_owned(), kind.to_owned());
+        if let Some(hit) = self.kinds.lock().expect("kinds").get(&key) {
+            return Ok(hit.clone());
+        }
+        let found = kube::discovery::pinned_kind(&self.client, &gvk_of(api_version, kind)).await?;
+        self.kinds.lock().expect("kinds").insert(key, found.clone());
+        Ok(found)
+    }
+
+    fn api(&self, ar: &ApiResource, caps: &ApiCapabilities, namespace: Option<&str>) -> Api<DynamicObject> {
+        match (caps.scope == Scope::Namespaced, namespace) {
+            (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, ar),
+            _ => Api::all_with(self.client.clone(), ar),
+        }
+    }
+
+    async fn apply_one(&self, o: &Desired) -> Result<(), Failure> {
+        let (ar, caps) = self.resolve(&o.id.api_version, &o.id.kind).await.map_err(|e| {
+            let (m, t) = describe(&e);
+            (
+                format!(
+                    "kind {} {} is not served by this cluster ({m})",
+                    o.id.api_version, o.id.kind
+                ),
+                t,
+            )
+        })?;
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        params.force = self.force;
+        self.api(&ar, &caps, o.id.namespace.as_deref())
+            .patch(&o.id.name, &params, &Patch::Apply(&o.value))
+            .await
+            .map(drop)
+            .map_err(|e| describe(&e))
+    }
+
+    async fn wait_established(&self, name: &str) -> Result<(), String> {
+        let crds: Api<DynamicObject> = Api::all_with(
+            self.client.clone(),
+            &ApiResource::from_gvk_with_plural(
+                &gvk_of("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+                "customresourcedefinitions",
+            ),
+        );
+        let deadline = Instant::now() + CRD_WAIT;
+        loop {
+            if let Ok(crd) = crds.get(name).await {
+                let established = crd
+                    .data
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Established" && c["status"] == "True")
+                    });
+                if established {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "CustomResourceDefinition {name} not Established after {CRD_WAIT:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Applies a bundle's objects for `channel`, then prunes what `previous` had and the
+    /// bundle lacks (only when everything applied).
+    pub async fn apply(&self, channel: &str, bundle: &Bundle, previous: &[ObjectRef]) -> Outcome {
+        let mut outcome = Outcome::default();
+        // Scopes: from discovery, or from CRDs in this very bundle for kinds they define.
+        let first = match objects(bundle, channel, &|_, _| true) {
+            Ok(o) => o,
+            Err(errors) => return unreadable(errors),
+        };
+        let mut scopes: BTreeMap<(String, String), bool> = BTreeMap::new();
+        for o in &first {
+            if o.id.kind == "CustomResourceDefinition" {
+                let group = o
+                    .value
+                    .pointer("/spec/group")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let kind = o
+                    .value
+                    .pointer("/spec/names/kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let namespaced = o.value.pointer("/spec/scope").and_then(Value::as_str) == Some("Namespaced");
+                for v in o
+                    .value
+                    .pointer("/spec/versions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(name) = v.get("name").and_then(Value::as_str) {
+                        scopes.insert((format!("{group}/{name}"), kind.to_owned()), namespaced);
+                    }
+                }
+            }
+        }
+        for o in &first {
+            let key = (o.id.api_version.clone(), o.id.kind.clone());
+            if scopes.contains_key(&key) {
+                continue;
+            }
+            if let Ok((_, caps)) = self.resolve(&o.id.api_version, &o.id.kind).await {
+                scopes.insert(key, caps.scope == Scope::Namespaced);
+            }
+        }
+        let all = match objects(bundle, channel, &|api, kind| {
+            scopes
+                .get(&(api.to_owned(), kind.to_owned()))
+                .copied()
+                .unwrap_or(true)
+        }) {
+            Ok(o) => o,
+            Err(errors) => return unreadable(errors),
+        };
+
+        for group in plan(all) {
+            let results: Vec<(ObjectRef, Result<(), Failure>)> = futures_util::stream::iter(group.clone())
+                .map(|o| async move {
+                    let r = self.apply_one(&o).await;
+                    (o.id, r)
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            for (id, r) in results {
+                match r {
+                    Ok(()) => outcome.applied.push(id),
+                    Err((message, transient)) => {
+                        outcome.transient |= transient;
+                        outcome.errors.push(ObjectError { object: id, message });
+                    }
+                }
+            }
+            if !outcome.errors.is_empty() {
+                // Later waves and phases depend on this one.
+                return outcome;
+            }
+            for crd in group.iter().filter(|o| o.id.kind == "CustomResourceDefinition") {
+                if let Err(message) = self.wait_established(&crd.id.name).await {
+                    outcome.transient = true;
+                    outcome.errors.push(ObjectError {
+                        object: crd.id.clone(),
+                        message,
+                    });
+                }
+            }
+            if !outcome.errors.is_empty() {
+                return outcome;
+            }
+        }
+
+        for gone in prune_set(previous, &outcome.applied) {
+            match self.prune_one(channel, &gone).await {
+                Ok(true) => outcome.pruned.push(gone),
+                Ok(false) => {}
+                Err((message, transient)) => {
+                    outcome.transient |= transient;
+                    outcome.errors.push(ObjectError {
+                        object: gone,
+                        message: format!("prune: {message}"),
+                    });
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Deletes one object if it still carries this channel's label and is not protected.
+    async fn prune_one(&self, channel: &str, id: &ObjectRef) -> Result<bool, Failure> {
+        let Ok((ar, caps)) = self.resolve(&id.api_version, &id.kind).await else {
+            return Ok(false); // its kind is gone (CRD removed): nothing left to delete
+        };
+        let api = self.api(&ar, &caps, id.namespace.as_deref());
+        let live = match api.get_opt(&id.name).await {
+            Ok(Some(o)) => o,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(describe(&e)),
+        };
+        let value = serde_json::to_value(&live).unwrap_or(Value::Null);
+        let ours = live
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(super::CHANNEL_LABEL))
+            .map(String::as_str)
+            == Some(channel);
+        if !ours || !prunable(&value) {
+            return Ok(false);
+        }
+        match api.delete(&id.name, &DeleteParams::background()).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(e) => Err(describe(&e)),
+        }
+    }
+
+    fn inventory_api(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &ApiResource::from_gvk_with_plural(&gvk_of("v1", "ConfigMap"), "configmaps"),
+        )
+    }
+
+    /// Stores a channel's inventory in `skiff-inventory-<channel>` (creating the agent's
+    /// namespace if it is missing).
+    pub async fn save_inventory(
+        &self,
+        channel: &str,
+        generation: u64,
+        inventory: &[ObjectRef],
+    ) -> Result<(), String> {
+        let ns_api: Api<DynamicObject> = Api::all_with(
+            self.client.clone(),
+            &ApiResource::from_gvk_with_plural(&gvk_of("v1", "Namespace"), "namespaces"),
+        );
+        if matches!(ns_api.get_opt(&self.namespace).await, Ok(None)) {
+            let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}});
+            ns_api
+                .patch(
+                    &self.namespace,
+                    &PatchParams::apply(FIELD_MANAGER),
+                    &Patch::Apply(&ns),
+                )
+                .await
+                .map_err(|e| describe(&e).0)?;
+        }
+        let name = format!("skiff-inventory-{channel}");
+        let cm = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": self.namespace,
+                "labels": {"app.kubernetes.io/managed-by": "skiff", super::CHANNEL_LABEL: channel}},
+            "data": {"channel": channel, "generation": generation.to_string(),
+                "objects": serde_json::to_string(inventory).expect("serializes")},
+        });
+        self.inventory_api()
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&cm),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| describe(&e).0)
+    }
+
+    /// The inventory last saved in the cluster for `channel`, if any.
+    pub async fn load_inventory(&self, channel: &str) -> Option<Vec<ObjectRef>> {
+        let cm = self
+            .inventory_api()
+            .get_opt(&format!("skiff-inventory-{channel}"))
+            .await
+            .ok()??;
+        let text = cm.data.pointer("/data/objects")?.as_str()?.to_owned();
+        serde_json::from_str(&text).ok()
+    }
+}
+
+fn unreadable(errors: Vec<skiff_proto::manifest::ManifestError>) -> Outcome {
+    Outcome {
+        errors: errors
+            .into_iter()
+            .map(|e| ObjectError {
+                object: ObjectRef {
+                    api_version: String::new(),
+                    kind: String::new(),
+                    namespace: None,
+                    name: String::new(),
+                },
+                message: e.to_string(),
+            })
+            .collect(),
+        ..Outcome::default()
+    }
+}

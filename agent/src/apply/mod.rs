@@ -1,0 +1,249 @@
+//! Applying a verified bundle: the objects, their order, and what to prune. Decisions here
+//! are plain functions over plain data; the appliers ([`kube`], [`dir`]) do the I/O.
+
+pub mod dir;
+pub mod kube;
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use skiff_proto::api::{ObjectError, ObjectRef};
+use skiff_proto::bundle::Bundle;
+use skiff_proto::manifest::{ManifestError, parse_objects};
+
+/// Label put on every applied object.
+pub const CHANNEL_LABEL: &str = "skiff.dev/channel";
+/// Annotation ordering objects in waves (an integer; default 0; lower first).
+pub const WAVE_ANNOTATION: &str = "skiff.dev/wave";
+/// Annotation keeping an object from being pruned (`disabled`).
+pub const PRUNE_ANNOTATION: &str = "skiff.dev/prune";
+
+/// One object to apply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// Its identity (namespace filled in for namespaced kinds).
+    pub id: ObjectRef,
+    /// The object, labelled with its channel.
+    pub value: Value,
+    /// Its wave.
+    pub wave: i64,
+}
+
+/// The result of applying a bundle.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Objects applied.
+    pub applied: Vec<ObjectRef>,
+    /// Objects that failed, with the reason.
+    pub errors: Vec<ObjectError>,
+    /// Objects pruned.
+    pub pruned: Vec<ObjectRef>,
+    /// Whether an error was transient (network, 429, 5xx): retry soon.
+    pub transient: bool,
+}
+
+/// Kinds that are cluster-scoped among the built-in ones (used where no discovery is at
+/// hand: the `dir` target).
+pub fn builtin_cluster_scoped(api_version: &str, kind: &str) -> bool {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    matches!(
+        (group, kind),
+        ("", "Namespace" | "Node" | "PersistentVolume")
+            | ("apiextensions.k8s.io", "CustomResourceDefinition")
+            | ("rbac.authorization.k8s.io", "ClusterRole" | "ClusterRoleBinding")
+            | (
+                "storage.k8s.io",
+                "StorageClass" | "CSIDriver" | "CSINode" | "VolumeAttachment"
+            )
+            | ("scheduling.k8s.io", "PriorityClass")
+            | ("networking.k8s.io", "IngressClass")
+            | ("node.k8s.io", "RuntimeClass")
+            | ("apiregistration.k8s.io", "APIService")
+            | (
+                "admissionregistration.k8s.io",
+                "ValidatingWebhookConfiguration"
+                    | "MutatingWebhookConfiguration"
+                    | "ValidatingAdmissionPolicy"
+                    | "ValidatingAdmissionPolicyBinding"
+            )
+            | ("certificates.k8s.io", "CertificateSigningRequest")
+    )
+}
+
+/// Reads a bundle's objects, gives namespaced ones without a namespace the default (as
+/// `kubectl -n` would), labels them with the channel. `namespaced` decides scope. Every
+/// unreadable document is reported, not just the first.
+pub fn objects(
+    bundle: &Bundle,
+    channel: &str,
+    namespaced: &dyn Fn(&str, &str) -> bool,
+) -> Result<Vec<Desired>, Vec<ManifestError>> {
+    let default_ns = bundle
+        .manifest
+        .default_namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for file in &bundle.files {
+        match parse_objects(&file.path, &file.bytes) {
+            Err(e) => errors.push(e),
+            Ok(objs) => {
+                for o in objs {
+                    let mut value = o.value;
+                    let is_namespaced = namespaced(&o.api_version, &o.kind);
+                    let namespace = if is_namespaced {
+                        Some(o.namespace.unwrap_or_else(|| default_ns.clone()))
+                    } else {
+                        None
+                    };
+                    let meta = value["metadata"].as_object_mut().expect("checked by the parser");
+                    match &namespace {
+                        Some(ns) => {
+                            meta.insert("namespace".into(), Value::String(ns.clone()));
+                        }
+                        None => {
+                            meta.remove("namespace");
+                        }
+                    }
+                    let labels = meta.entry("labels").or_insert_with(|| serde_json::json!({}));
+                    if !labels.is_object() {
+                        *labels = serde_json::json!({});
+                    }
+                    labels[CHANNEL_LABEL] = Value::String(channel.to_owned());
+                    let wave = meta
+                        .get("annotations")
+                        .and_then(|a| a.get(WAVE_ANNOTATION))
+                        .and_then(|w| {
+                            w.as_str()
+                                .and_then(|s| s.trim().parse().ok())
+                                .or_else(|| w.as_i64())
+                        })
+                        .unwrap_or(0);
+                    out.push(Desired {
+                        id: ObjectRef {
+                            api_version: o.api_version,
+                            kind: o.kind,
+                            namespace,
+                            name: o.name,
+                        },
+                        value,
+                        wave,
+                    });
+                }
+            }
+        }
+    }
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// The apply phase of an object within its wave: Namespaces and CRDs, then other
+/// cluster-scoped kinds, then namespaced kinds.
+pub fn phase(id: &ObjectRef) -> u8 {
+    let crd = id.kind == "CustomResourceDefinition" && id.api_version.starts_with("apiextensions.k8s.io/");
+    if crd || (id.kind == "Namespace" && id.api_version == "v1") {
+        0
+    } else if id.namespace.is_none() {
+        1
+    } else {
+        2
+    }
+}
+
+/// Objects in apply order, grouped: each group may be applied concurrently, groups one
+/// after the other (by wave, then phase, then a stable order).
+pub fn plan(mut objects: Vec<Desired>) -> Vec<Vec<Desired>> {
+    objects.sort_by(|a, b| (a.wave, phase(&a.id), &a.id).cmp(&(b.wave, phase(&b.id), &b.id)));
+    let mut groups: Vec<Vec<Desired>> = Vec::new();
+    for o in objects {
+        match groups.last_mut() {
+            Some(g) if (g[0].wave, phase(&g[0].id)) == (o.wave, phase(&o.id)) => g.push(o),
+            _ => groups.push(vec![o]),
+        }
+    }
+    groups
+}
+
+/// What the previous inventory had and the new one lacks, in delete order: the reverse of
+/// apply order (namespaced objects first, Namespaces and CRDs last).
+pub fn prune_set(previous: &[ObjectRef], current: &[ObjectRef]) -> Vec<ObjectRef> {
+    let keep: BTreeSet<&ObjectRef> = current.iter().collect();
+    let mut gone: Vec<ObjectRef> = previous.iter().filter(|o| !keep.contains(o)).cloned().collect();
+    gone.sort_by(|a, b| (phase(b), b).cmp(&(phase(a), a)));
+    gone.dedup();
+    gone
+}
+
+/// Whether an object may be pruned (not annotated `skiff.dev/prune: disabled`).
+pub fn prunable(live: &Value) -> bool {
+    live.pointer("/metadata/annotations")
+        .and_then(|a| a.get(PRUNE_ANNOTATION))
+        .and_then(Value::as_str)
+        != Some("disabled")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(api: &str, kind: &str, ns: Option<&str>, name: &str) -> ObjectRef {
+        ObjectRef {
+            api_version: api.into(),
+            kind: kind.into(),
+            namespace: ns.map(Into::into),
+            name: name.into(),
+        }
+    }
+
+    fn d(id: ObjectRef, wave: i64) -> Desired {
+        Desired {
+            id,
+            value: Value::Null,
+            wave,
+        }
+    }
+
+    #[test]
+    fn plan_orders_waves_then_namespaces_and_crds_then_cluster_then_namespaced() {
+        let objs = vec![
+            d(r("apps/v1", "Deployment", Some("a"), "web"), 0),
+            d(r("v1", "Namespace", None, "a"), 0),
+            d(r("rbac.authorization.k8s.io/v1", "ClusterRole", None, "r"), 0),
+            d(
+                r("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "w.x"),
+                0,
+            ),
+            d(r("v1", "ConfigMap", Some("a"), "first"), -1),
+        ];
+        let groups: Vec<Vec<String>> = plan(objs)
+            .iter()
+            .map(|g| g.iter().map(|o| o.id.name.clone()).collect())
+            .collect();
+        assert_eq!(
+            groups,
+            vec![vec!["first"], vec!["w.x", "a"], vec!["r"], vec!["web"]]
+        );
+    }
+
+    #[test]
+    fn prune_removes_what_is_gone_in_reverse_order() {
+        let ns = r("v1", "Namespace", None, "old");
+        let cm = r("v1", "ConfigMap", Some("old"), "c");
+        let crd = r("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "w.x");
+        let cr = r("rbac.authorization.k8s.io/v1", "ClusterRole", None, "r");
+        let keep = r("v1", "ConfigMap", Some("a"), "keep");
+        let gone = prune_set(
+            &[ns.clone(), crd.clone(), cm.clone(), cr.clone(), keep.clone()],
+            &[keep],
+        );
+        assert_eq!(gone, vec![cm, cr, ns, crd]);
+    }
+
+    #[test]
+    fn prune_disabled_annotation() {
+        assert!(prunable(&serde_json::json!({"metadata": {}})));
+        assert!(!prunable(
+            &serde_json::json!({"metadata": {"annotations": {"skiff.dev/prune": "disabled"}}})
+        ));
+    }
+}

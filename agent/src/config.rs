@@ -1,0 +1,342 @@
+//! The agent's configuration: a YAML file, then `SKIFF_AGENT_*` environment variables and
+//! flags on top. A bad config is refused at start with the key and reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A config the agent cannot run with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A key is missing or has a bad value.
+    #[error("config {path}: {key}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Where bundles are applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The Kubernetes API (server-side apply).
+    Kube,
+    /// A folder of manifest files (k3s auto-deploy, or trying skiff out).
+    Dir(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_target(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `kube` or `dir:PATH`.
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    match s.split_once(':') {
+        _ if s == "kube" => Ok(Target::Kube),
+        Some(("dir", path)) if !path.is_empty() => Ok(Target::Dir(PathBuf::from(path))),
+        _ => Err(format!("{s:?}: expected `kube` or `dir:PATH`")),
+    }
+}
+
+/// The whole agent configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The hub's URL; optional for air-gapped sites that only import.
+    pub hub: Option<String>,
+    /// Other places serving the same bundles (`<mirror>/<sha256>.tar.gz`), tried first.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// This cluster's name on the hub.
+    pub cluster: String,
+    /// The cluster token (prefer `token_file`).
+    pub token: Option<String>,
+    /// File holding the cluster token.
+    pub token_file: Option<PathBuf>,
+    /// Public keys (SPKI PEM) whose signatures are trusted.
+    pub trusted_keys: Vec<PathBuf>,
+    /// How many distinct trusted keys must have signed (default 1).
+    #[serde(default = "one")]
+    pub threshold: usize,
+    /// Where the store and bundles live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `kube` or `dir:PATH`.
+    #[serde(default = "default_target")]
+    pub target: Target,
+    /// A folder watched for `<sha256>.tar.gz` + `<sha256>.dsse.json` pairs.
+    pub import_dir: Option<PathBuf>,
+    /// Pause between polls when long-polling is off or failing (default 30s).
+    #[serde(default = "default_poll", with = "duration")]
+    pub poll_interval: Duration,
+    /// How long one long-poll waits for a change (default 60s; 0 disables long-polling).
+    #[serde(default = "default_wait", with = "duration")]
+    pub long_poll_wait: Duration,
+    /// Longest pause between retries when the hub is unreachable (default 5m).
+    #[serde(default = "default_backoff", with = "duration")]
+    pub max_backoff: Duration,
+    /// CA certificate (PEM) to trust for the hub, e.g. a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// kubeconfig for the `kube` target (default: in-cluster, then $KUBECONFIG, ~/.kube/config).
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace for the agent's own objects (inventory ConfigMaps).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Take over fields other managers own (server-side apply `force`; default true).
+    #[serde(default = "yes")]
+    pub force_conflicts: bool,
+    /// Address for `/metrics` and `/healthz` (off unless set), e.g. 127.0.0.1:9090.
+    pub listen: Option<SocketAddr>,
+    /// Reports kept while the hub is unreachable (default 1000).
+    #[serde(default = "default_outbox")]
+    pub outbox_limit: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/skiff-agent")
+}
+fn default_target() -> Target {
+    Target::Kube
+}
+fn default_poll() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_wait() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_namespace() -> String {
+    "skiff-system".to_owned()
+}
+fn default_outbox() -> usize {
+    1000
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .map(Duration::from_secs)
+                .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number of seconds"))),
+            serde_json::Value::String(s) => humantime::parse_duration(&s)
+                .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like 30s: {e}"))),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a duration like 30s, found {other}"
+            ))),
+        }
+    }
+}
+
+/// Flag and environment overrides.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--hub` / `SKIFF_AGENT_HUB`.
+    pub hub: Option<String>,
+    /// `--cluster` / `SKIFF_AGENT_CLUSTER`.
+    pub cluster: Option<String>,
+    /// `--token-file` / `SKIFF_AGENT_TOKEN_FILE`.
+    pub token_file: Option<PathBuf>,
+    /// `SKIFF_AGENT_TOKEN`.
+    pub token: Option<String>,
+    /// `--data-dir` / `SKIFF_AGENT_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--target` / `SKIFF_AGENT_TARGET`.
+    pub target: Option<Target>,
+    /// `--import-dir` / `SKIFF_AGENT_IMPORT_DIR`.
+    pub import_dir: Option<PathBuf>,
+    /// `--kubeconfig` / `SKIFF_AGENT_KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--listen` / `SKIFF_AGENT_LISTEN`.
+    pub listen: Option<SocketAddr>,
+}
+
+impl AgentConfig {
+    /// Reads, overrides and checks a config file.
+    pub fn load(path: &Path, o: &Overrides) -> Result<Self, ConfigError> {
+        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text, o)
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(path: &Path, text: &[u8], o: &Overrides) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        let docs = skiff_proto::manifest::parse_file(&path.display().to_string(), text)
+            .map_err(|e| invalid("(file)", e.to_string()))?;
+        let mut value = docs.into_iter().next().map_or(serde_json::json!({}), |d| d.value);
+        // Overrides go in before deserializing, so required keys may come from them.
+        let mut set = |k: &str, v: Option<serde_json::Value>| {
+            if let (Some(v), Some(map)) = (v, value.as_object_mut()) {
+                map.insert(k.to_owned(), v);
+            }
+        };
+        let path_value = |p: &Option<PathBuf>| p.as_ref().map(|p| serde_json::json!(p.display().to_string()));
+        set("hub", o.hub.clone().map(Into::into));
+        set("cluster", o.cluster.clone().map(Into::into));
+        set("token_file", path_value(&o.token_file));
+        set("token", o.token.clone().map(Into::into));
+        set("data_dir", path_value(&o.data_dir));
+        set(
+            "target",
+            o.target.as_ref().map(|t| match t {
+                Target::Kube => serde_json::json!("kube"),
+                Target::Dir(p) => serde_json::json!(format!("dir:{}", p.display())),
+            }),
+        );
+        set("import_dir", path_value(&o.import_dir));
+        set("kubeconfig", path_value(&o.kubeconfig));
+        set("listen", o.listen.map(|l| serde_json::json!(l.to_string())));
+        let config: AgentConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(
+                if key == "." { "(top level)" } else { &key },
+                e.inner().to_string(),
+            )
+        })?;
+        if let Some(hub) = &config.hub
+            && !(hub.starts_with("https://") || hub.starts_with("http://"))
+        {
+            return Err(invalid("hub", format!("{hub:?} is not an http(s) URL")));
+        }
+        if config.hub.is_some() && config.token.is_none() && config.token_file.is_none() {
+            return Err(invalid(
+                "token_file",
+                "required with hub (or token / SKIFF_AGENT_TOKEN)".into(),
+            ));
+        }
+        if config.trusted_keys.is_empty() {
+            return Err(invalid(
+                "trusted_keys",
+                "at least one public key file is required".into(),
+            ));
+        }
+        if config.threshold == 0 || config.threshold > config.trusted_keys.len() {
+            return Err(invalid(
+                "threshold",
+                format!(
+                    "{} is impossible with {} trusted key(s)",
+                    config.threshold,
+                    config.trusted_keys.len()
+                ),
+            ));
+        }
+        if skiff_proto::manifest::check_dns_label(&config.cluster).is_err() {
+            return Err(invalid(
+                "cluster",
+                format!("{:?} is not a valid cluster name", config.cluster),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// For `run`: an agent needs somewhere to get bundles from.
+    pub fn require_source(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.hub.is_none() && self.import_dir.is_none() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "hub".to_owned(),
+                reason: "required unless import_dir is set (an agent needs somewhere to get bundles)"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The cluster token.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.trim().to_owned()));
+        }
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let t = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(t.trim().to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "hub: https://hub.example:8443\ncluster: edge-1\ntoken_file: /etc/skiff/token\ntrusted_keys: [/etc/skiff/signing.pub.pem]\ndata_dir: /var/lib/skiff-agent\ntarget: dir:/var/lib/rancher/k3s/server/manifests\nimport_dir: /media/skiff\n";
+
+    fn parse(t: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("agent.yaml"), t.as_bytes(), &Overrides::default())
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.target,
+            Target::Dir(PathBuf::from("/var/lib/rancher/k3s/server/manifests"))
+        );
+        assert_eq!(c.long_poll_wait, Duration::from_secs(60));
+        assert!(c.force_conflicts);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse(&GOOD.replace("target: dir:/var/lib/rancher/k3s/server/manifests", "target: ftp"))
+            .unwrap_err();
+        assert!(e.to_string().contains("agent.yaml: target:"), "{e}");
+        let e = parse(&GOOD.replace("trusted_keys: [/etc/skiff/signing.pub.pem]", "trusted_keys: []"))
+            .unwrap_err();
+        assert!(e.to_string().contains("trusted_keys"), "{e}");
+        let e = parse(&format!("{GOOD}threshold: 2\n")).unwrap_err();
+        assert!(e.to_string().contains("threshold"), "{e}");
+        let e = parse(&format!("{GOOD}poll_interval: often\n")).unwrap_err();
+        assert!(e.to_string().contains("poll_interval"), "{e}");
+    }
+
+    #[test]
+    fn overrides_fill_in_and_win() {
+        let o = Overrides {
+            cluster: Some("edge-9".into()),
+            target: Some(Target::Kube),
+            ..Overrides::default()
+        };
+        let c = AgentConfig::parse(Path::new("a.yaml"), GOOD.as_bytes(), &o).unwrap();
+        assert_eq!((c.cluster.as_str(), c.target), ("edge-9", Target::Kube));
+    }
+}

@@ -1,0 +1,302 @@
+//! Where bundles come from: the hub (long-poll for the desired state with its ETag,
+//! downloads resumed with `Range`), mirrors serving the same bytes, and an import folder.
+//! Trust never comes from the transport: everything goes through verification.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use skiff_proto::Sha256Digest;
+use skiff_proto::api::{Desired, Report, ReportAck};
+use skiff_proto::dsse::Envelope;
+
+/// A transfer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The hub could not be reached, or answered 5xx/429: try again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The hub refused (401/403/404): configuration needs fixing.
+    #[error("{0}")]
+    Refused(String),
+    /// Local I/O failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A client for the hub and mirrors.
+pub struct HubClient {
+    http: reqwest::Client,
+    hub: Option<String>,
+    mirrors: Vec<String>,
+    cluster: String,
+    token: Option<String>,
+}
+
+fn status_error(what: &str, status: StatusCode, body: &str) -> SourceError {
+    let message = format!("{what}: {status}: {}", body.chars().take(300).collect::<String>());
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        SourceError::Unavailable(message)
+    } else {
+        SourceError::Refused(message)
+    }
+}
+
+impl HubClient {
+    /// A client; `ca` is trusted in addition to the system roots.
+    pub fn new(
+        hub: Option<String>,
+        mirrors: Vec<String>,
+        cluster: String,
+        token: Option<String>,
+        ca: Option<&Path>,
+        read_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("skiff-agent/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(read_timeout);
+        if let Some(ca) = ca {
+            let pem =
+                std::fs::read(ca).map_err(|e| anyhow::anyhow!("reading CA file {}: {e}", ca.display()))?;
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        Ok(Self {
+            http: b.build()?,
+            hub: hub.map(|h| h.trim_end_matches('/').to_owned()),
+            mirrors: mirrors
+                .into_iter()
+                .map(|m| m.trim_end_matches('/').to_owned())
+                .collect(),
+            cluster,
+            token,
+        })
+    }
+
+    fn hub(&self) -> Result<&str, SourceError> {
+        self.hub
+            .as_deref()
+            .ok_or_else(|| SourceError::Refused("no hub configured".into()))
+    }
+
+    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// The desired state; `Ok(None)` when unchanged since `etag` (after waiting up to `wait`).
+    pub async fn desired(
+        &self,
+        etag: Option<&str>,
+        wait: Duration,
+    ) -> Result<Option<(Desired, String)>, SourceError> {
+        let url = format!(
+            "{}/v1/clusters/{}/desired?wait={}",
+            self.hub()?,
+            self.cluster,
+            wait.as_secs()
+        );
+        let mut req = self.auth(self.http.get(&url));
+        if let Some(e) = etag {
+            req = req.header(reqwest::header::IF_NONE_MATCH, e);
+        }
+        let what = format!("GET {}", url.split('?').next().unwrap_or(&url));
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
+        match resp.status() {
+            StatusCode::NOT_MODIFIED => Ok(None),
+            StatusCode::OK => {
+                let etag = resp
+                    .headers()
+                    .get(reqwest::header::ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let d = resp
+                    .json::<Desired>()
+                    .await
+                    .map_err(|e| SourceError::Unavailable(format!("{what}: unreadable answer: {e}")))?;
+                Ok(Some((d, etag)))
+            }
+            s => Err(status_error(&what, s, &resp.text().await.unwrap_or_default())),
+        }
+    }
+
+    /// Downloads a bundle into `partial` (resuming what is there), from the mirrors first,
+    /// then the hub; returns the bytes once they have the expected size and digest.
+    pub async fn download(
+        &self,
+        bundle_url: &str,
+        digest: &Sha256Digest,
+        size: u64,
+        partial: &Path,
+    ) -> Result<Vec<u8>, SourceError> {
+        let mut urls: Vec<(String, bool)> = self
+            .mirrors
+            .iter()
+            .map(|m| (format!("{m}/{digest}.tar.gz"), false))
+            .collect();
+        if let Some(hub) = &self.hub {
+            urls.push((format!("{hub}{bundle_url}"), true));
+        }
+        let mut last = SourceError::Refused("no hub or mirror to download from".into());
+        for (url, authed) in urls {
+            match self.download_from(&url, authed, digest, size, partial).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => {
+                    tracing::debug!(error = %e, url = %url, "Download failed; trying the next source");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn download_from(
+        &self,
+        url: &str,
+        authed: bool,
+        digest: &Sha256Digest,
+        size: u64,
+        partial: &Path,
+    ) -> Result<Vec<u8>, SourceError> {
+        use tokio::io::AsyncWriteExt as _;
+        let have = tokio::fs::metadata(partial).await.map(|m| m.len()).unwrap_or(0);
+        let have = if have > size { 0 } else { have };
+        let mut req = self.http.get(url);
+        if authed {
+            req = self.auth(req);
+        }
+        if have > 0 && have < size {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let what = format!("GET {url}");
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
+        let append = match resp.status() {
+            StatusCode::PARTIAL_CONTENT => true,
+            StatusCode::OK => false,
+            s => return Err(status_error(&what, s, &resp.text().await.unwrap_or_default())),
+        };
+        let io = |e: std::io::Error| SourceError::Io(format!("{}: {e}", partial.display()));
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(partial)
+            .await
+            .map_err(io)?;
+        let mut written = if append { have } else { 0 };
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    written += chunk.len() as u64;
+                    if written > size {
+                        drop(file);
+                        let _ = tokio::fs::remove_file(partial).await;
+                        return Err(SourceError::Unavailable(format!(
+                            "{what}: more bytes than the statement's {size}"
+                        )));
+                    }
+                    file.write_all(&chunk).await.map_err(io)?;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // Keep what arrived: the next attempt resumes from there.
+                    let _ = file.flush().await;
+                    return Err(SourceError::Unavailable(format!(
+                        "{what}: interrupted after {written} bytes: {e}"
+                    )));
+                }
+            }
+        }
+        file.flush().await.map_err(io)?;
+        drop(file);
+        let bytes = tokio::fs::read(partial).await.map_err(io)?;
+        let _ = tokio::fs::remove_file(partial).await;
+        // A source serving other bytes (a stale or tampered mirror) must not stand in for
+        // the next source: check the bytes against what the hub named before handing them
+        // on. (The signed statement is checked by verification afterwards.)
+        if bytes.len() as u64 != size || Sha256Digest::of(&bytes) != *digest {
+            return Err(SourceError::Unavailable(format!(
+                "{what}: got {} bytes that are not bundle {digest}",
+                bytes.len()
+            )));
+        }
+        tracing::debug!(digest = %digest, bytes = bytes.len(), "Bundle downloaded");
+        Ok(bytes)
+    }
+
+    /// Sends reports (oldest first); Ok once the hub stored them.
+    pub async fn send_reports(&self, reports: &[Report]) -> Result<ReportAck, SourceError> {
+        let url = format!("{}/v1/clusters/{}/reports", self.hub()?, self.cluster);
+        let what = format!("POST {url}");
+        let resp = self
+            .auth(self.http.post(&url).json(reports))
+            .send()
+            .await
+            .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
+        if !resp.status().is_success() {
+            let s = resp.status();
+            return Err(status_error(&what, s, &resp.text().await.unwrap_or_default()));
+        }
+        resp.json()
+            .await
+            .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))
+    }
+}
+
+/// A complete `<sha256>.tar.gz` + `<sha256>.dsse.json` pair found in the import folder.
+#[derive(Debug)]
+pub struct ImportPair {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    /// The envelope file.
+    pub envelope: PathBuf,
+}
+
+/// The pairs in `dir` that look complete: the envelope parses and the bundle has the size
+/// its statement names. A half-copied pair is left for a later scan, not rejected.
+pub fn scan_import_dir(dir: &Path) -> Vec<ImportPair> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(digest) = name.strip_suffix(".dsse.json") else {
+            continue;
+        };
+        if digest.parse::<Sha256Digest>().is_err() {
+            continue;
+        }
+        let bundle = dir.join(format!("{digest}.tar.gz"));
+        let Ok(env_bytes) = std::fs::read(e.path()) else {
+            continue;
+        };
+        let Ok(envelope) = Envelope::from_json(&env_bytes) else {
+            continue;
+        };
+        let size = envelope
+            .payload_bytes()
+            .ok()
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+            .and_then(|s| s.pointer("/bundle/size").and_then(serde_json::Value::as_u64));
+        let on_disk = std::fs::metadata(&bundle).map(|m| m.len()).ok();
+        if size.is_some() && size == on_disk {
+            out.push(ImportPair {
+                bundle,
+                envelope: e.path(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.envelope.cmp(&b.envelope));
+    out
+}

@@ -1,0 +1,123 @@
+//! `skiff-agent status` and `report export`, from the local store alone. While the agent
+//! runs, its store is locked; the snapshots it keeps next to it are read instead.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use skiff_proto::api::ReportFile;
+
+use crate::config::AgentConfig;
+use crate::store::Store;
+
+fn from_store(dir: &Path) -> anyhow::Result<Value> {
+    let store = Store::open(dir)?;
+    Ok(json!({
+        "channels": store.channels()?,
+        "outbox": store.outbox_len()?,
+        "dropped": store.dropped()?,
+    }))
+}
+
+fn load(dir: &Path) -> anyhow::Result<(Value, bool)> {
+    match from_store(dir) {
+        Ok(v) => Ok((v, false)),
+        Err(store_error) => {
+            let path = dir.join("status.json");
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!(
+                    "no store readable in {} ({store_error}) and no {}",
+                    dir.display(),
+                    path.display()
+                )
+            })?;
+            Ok((
+                serde_json::from_slice(&bytes).with_context(|| format!("{}", path.display()))?,
+                true,
+            ))
+        }
+    }
+}
+
+/// Prints every channel's accepted and applied state.
+pub fn print(dir: &Path, json_output: bool) -> anyhow::Result<()> {
+    let (status, snapshot) = load(dir)?;
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    if snapshot {
+        println!(
+            "(agent running: from its snapshot written {})",
+            status["written"].as_str().unwrap_or("-")
+        );
+    }
+    let channels = status["channels"].as_object().cloned().unwrap_or_default();
+    if channels.is_empty() {
+        println!("no channel applied yet");
+    }
+    let mut rows = vec![
+        [
+            "CHANNEL",
+            "GENERATION",
+            "COMMIT",
+            "APPLIED",
+            "RESULT",
+            "OBJECTS",
+            "MESSAGE",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for (name, c) in &channels {
+        let a = &c["applied"];
+        let s = |v: &Value| v.as_str().map_or("-".to_owned(), str::to_owned);
+        rows.push(vec![
+            name.clone(),
+            a["generation"].as_u64().map_or("-".to_owned(), |g| g.to_string()),
+            a["commit"]
+                .as_str()
+                .map_or("-".to_owned(), |c| c.chars().take(12).collect()),
+            s(&a["at"]),
+            match a["ok"].as_bool() {
+                Some(true) => "applied".to_owned(),
+                Some(false) => "failed".to_owned(),
+                None => "-".to_owned(),
+            },
+            a["objects"].as_u64().map_or("-".to_owned(), |n| n.to_string()),
+            s(&a["message"]),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+    println!(
+        "reports waiting for the hub: {} (dropped: {})",
+        status["outbox"], status["dropped"]
+    );
+    Ok(())
+}
+
+/// Writes the pending reports to `out` for `skiff-hub report import`.
+pub fn export_reports(config: &AgentConfig, out: &Path) -> anyhow::Result<()> {
+    let file = match Store::open(&config.data_dir) {
+        Ok(store) => ReportFile {
+            cluster: config.cluster.clone(),
+            reports: store.outbox(usize::MAX)?,
+        },
+        Err(_) => {
+            let path = config.data_dir.join("outbox.json");
+            serde_json::from_slice(
+                &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+            )?
+        }
+    };
+    std::fs::write(out, serde_json::to_vec_pretty(&file)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{} report(s) written to {}", file.reports.len(), out.display());
+    Ok(())
+}

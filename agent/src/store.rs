@@ -1,0 +1,321 @@
+//! The agent's local store: everything needed to keep working with the hub gone for days.
+//!
+//! redb (`agent.redb`) holds, per channel, the accepted statement (and so the highest
+//! accepted generation: anti-rollback survives restarts) and the last apply with its
+//! inventory; plus the outbox of reports and the store's identity. Bundle bytes are files
+//! in `bundles/`, written to a temporary file, synced and renamed before any record names
+//! them: `kill -9` at any point leaves a store that opens and names only whole bundles.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use skiff_proto::Sha256Digest;
+use skiff_proto::api::{ObjectRef, Report};
+use skiff_proto::dsse::Envelope;
+use skiff_proto::statement::Timestamp;
+
+const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("channels");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[error("agent store {path}: {message}")]
+pub struct StoreError {
+    path: PathBuf,
+    message: String,
+}
+
+/// The bundle a channel accepted last (passed verification).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    /// Generation.
+    pub generation: u64,
+    /// Bundle digest.
+    pub sha256: Sha256Digest,
+    /// Source commit.
+    pub commit: Option<String>,
+    /// The envelope it came with (re-verified before every re-apply).
+    pub envelope: Envelope,
+    /// When it was accepted.
+    pub at: Timestamp,
+}
+
+/// The last apply of a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    /// Generation applied.
+    pub generation: u64,
+    /// Bundle applied.
+    pub sha256: Sha256Digest,
+    /// Source commit.
+    pub commit: Option<String>,
+    /// When.
+    pub at: Timestamp,
+    /// Whether every object applied.
+    pub ok: bool,
+    /// A one-line summary.
+    pub message: String,
+    /// Objects in the bundle.
+    pub objects: u64,
+}
+
+/// Everything known about one channel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelState {
+    /// Accepted bundle.
+    pub accepted: Option<Accepted>,
+    /// Last apply attempt.
+    pub applied: Option<Applied>,
+    /// What the last successful apply left in the cluster (what a later prune removes).
+    #[serde(default)]
+    pub inventory: Vec<ObjectRef>,
+}
+
+/// The store.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    bundles: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let bundles = data_dir.join("bundles");
+        let path = data_dir.join("agent.redb");
+        let err = |m: String| StoreError {
+            path: path.clone(),
+            message: m,
+        };
+        std::fs::create_dir_all(&bundles).map_err(|e| err(format!("creating {}: {e}", bundles.display())))?;
+        let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
+        let store = Self { db, path, bundles };
+        store.write(|t| {
+            t.open_table(CHANNELS)?;
+            t.open_table(OUTBOX)?;
+            t.open_table(META)?;
+            Ok(())
+        })?;
+        if store.meta("instance")?.is_none() {
+            let mut id = [0u8; 16];
+            getrandom::fill(&mut id).map_err(|e| store.err(e))?;
+            store.set_meta("instance", skiff_proto::digest::hex(&id).as_bytes())?;
+        }
+        Ok(store)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn write(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        f(&txn).map_err(|e| self.err(e))?;
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(META).map_err(|e| self.err(e))?;
+        Ok(t.get(key).map_err(|e| self.err(e))?.map(|v| v.value().to_vec()))
+    }
+
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.write(|t| {
+            t.open_table(META)?.insert(key, value)?;
+            Ok(())
+        })
+    }
+
+    /// This store's random identity (report sequence numbers count within it).
+    pub fn instance(&self) -> Result<String, StoreError> {
+        Ok(String::from_utf8_lossy(&self.meta("instance")?.unwrap_or_default()).into_owned())
+    }
+
+    /// Reports dropped because the outbox was full.
+    pub fn dropped(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta("dropped")?
+            .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Every channel's state.
+    pub fn channels(&self) -> Result<BTreeMap<String, ChannelState>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(CHANNELS).map_err(|e| self.err(e))?;
+        let mut out = BTreeMap::new();
+        for e in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = e.map_err(|e| self.err(e))?;
+            let state = serde_json::from_slice(v.value())
+                .map_err(|e| self.err(format!("channel {}: {e}", k.value())))?;
+            out.insert(k.value().to_owned(), state);
+        }
+        Ok(out)
+    }
+
+    /// One channel's state (default when unknown).
+    pub fn channel(&self, name: &str) -> Result<ChannelState, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(CHANNELS).map_err(|e| self.err(e))?;
+        match t.get(name).map_err(|e| self.err(e))? {
+            Some(v) => {
+                serde_json::from_slice(v.value()).map_err(|e| self.err(format!("channel {name}: {e}")))
+            }
+            None => Ok(ChannelState::default()),
+        }
+    }
+
+    /// Writes one channel's state.
+    pub fn put_channel(&self, name: &str, state: &ChannelState) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(state).expect("serializes");
+        self.write(|t| {
+            t.open_table(CHANNELS)?.insert(name, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Path of a stored bundle.
+    pub fn bundle_path(&self, digest: &Sha256Digest) -> PathBuf {
+        self.bundles.join(format!("{digest}.tar.gz"))
+    }
+
+    /// Stores bundle bytes (temporary file, fsync, rename, fsync of the folder).
+    pub fn put_bundle(&self, digest: &Sha256Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.bundle_path(digest);
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.bundles).map_err(|e| self.err(e))?;
+        tmp.write_all(bytes).map_err(|e| self.err(e))?;
+        tmp.as_file().sync_all().map_err(|e| self.err(e))?;
+        tmp.persist(&path).map_err(|e| self.err(e.error))?;
+        std::fs::File::open(&self.bundles)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Reads stored bundle bytes.
+    pub fn bundle(&self, digest: &Sha256Digest) -> Result<Vec<u8>, StoreError> {
+        std::fs::read(self.bundle_path(digest)).map_err(|e| self.err(format!("bundle {digest}: {e}")))
+    }
+
+    /// Removes bundles no channel names any more.
+    pub fn gc_bundles(&self) -> Result<(), StoreError> {
+        let keep: Vec<String> = self
+            .channels()?
+            .values()
+            .filter_map(|c| c.accepted.as_ref().map(|a| format!("{}.tar.gz", a.sha256)))
+            .collect();
+        if let Ok(entries) = std::fs::read_dir(&self.bundles) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&name) && !name.ends_with(".part") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a report to the outbox, numbering it; when the outbox holds more than `limit`
+    /// reports, older ones of channels that have a newer report go first, then the oldest.
+    pub fn push_report(&self, mut report: Report, limit: usize) -> Result<Report, StoreError> {
+        let next: u64 = self
+            .meta("next_seq")?
+            .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(1);
+        report.seq = next;
+        report.instance = self.instance()?;
+        let bytes = serde_json::to_vec(&report).expect("serializes");
+        let mut dropped = 0u64;
+        self.write(|t| {
+            t.open_table(META)?
+                .insert("next_seq", (next + 1).to_string().as_bytes())?;
+            let mut outbox = t.open_table(OUTBOX)?;
+            outbox.insert(next, bytes.as_slice())?;
+            let len = outbox.len()? as usize;
+            if len > limit {
+                let all: Vec<(u64, String)> = outbox
+                    .iter()?
+                    .map(|e| {
+                        e.map(|(k, v)| {
+                            let channel = serde_json::from_slice::<Report>(v.value())
+                                .map(|r| r.channel)
+                                .unwrap_or_default();
+                            (k.value(), channel)
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+                for (k, c) in &all {
+                    newest.insert(c, *k);
+                }
+                let mut victims: Vec<u64> = all
+                    .iter()
+                    .filter(|(k, c)| newest[c.as_str()] != *k)
+                    .map(|(k, _)| *k)
+                    .collect();
+                if victims.len() < len - limit {
+                    let rest: Vec<u64> = all
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .filter(|k| !victims.contains(k))
+                        .collect();
+                    victims.extend(rest);
+                }
+                for k in victims.into_iter().take(len - limit) {
+                    outbox.remove(k)?;
+                    dropped += 1;
+                }
+            }
+            Ok(())
+        })?;
+        if dropped > 0 {
+            let total = self.dropped()? + dropped;
+            self.set_meta("dropped", total.to_string().as_bytes())?;
+        }
+        Ok(report)
+    }
+
+    /// The oldest `max` reports in the outbox.
+    pub fn outbox(&self, max: usize) -> Result<Vec<Report>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(OUTBOX).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(|e| self.err(e))?.take(max) {
+            let (_, v) = e.map_err(|e| self.err(e))?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| self.err(e))?);
+        }
+        Ok(out)
+    }
+
+    /// Removes delivered reports.
+    pub fn remove_reports(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        self.write(|t| {
+            let mut outbox = t.open_table(OUTBOX)?;
+            for s in seqs {
+                outbox.remove(*s)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Reports waiting.
+    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(OUTBOX).map_err(|e| self.err(e))?;
+        t.len().map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,114 @@
+//! Logs (tracing; `SKIFF_LOG` filters, human or JSON) and a tiny `/metrics` + `/healthz`
+//! listener, written against the socket: the agent carries no web framework.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::agent::Agent;
+
+/// Starts logging to stderr.
+pub fn init_logging(json: bool) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn metrics(agent: &Agent) -> String {
+    let m = &agent.metrics;
+    let mut out = String::new();
+    let mut line = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{value}\n"
+        ));
+    };
+    line(
+        "skiff_agent_applies_total",
+        "counter",
+        "Apply attempts by result.",
+        format!("{{result=\"ok\"}} {}", m.applies_ok.load(Ordering::Relaxed)),
+    );
+    out.push_str(&format!(
+        "skiff_agent_applies_total{{result=\"failed\"}} {}\n",
+        m.applies_failed.load(Ordering::Relaxed)
+    ));
+    let mut line = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{value}\n"
+        ));
+    };
+    line(
+        "skiff_agent_bundles_rejected_total",
+        "counter",
+        "Bundles that failed verification.",
+        format!(" {}", m.rejected.load(Ordering::Relaxed)),
+    );
+    line(
+        "skiff_agent_reports_sent_total",
+        "counter",
+        "Reports delivered to the hub.",
+        format!(" {}", m.reports_sent.load(Ordering::Relaxed)),
+    );
+    line(
+        "skiff_agent_outbox_reports",
+        "gauge",
+        "Reports waiting for the hub.",
+        format!(" {}", agent.store().outbox_len().unwrap_or(0)),
+    );
+    line(
+        "skiff_agent_outbox_dropped_total",
+        "counter",
+        "Reports dropped because the outbox was full.",
+        format!(" {}", agent.store().dropped().unwrap_or(0)),
+    );
+    out.push_str("# HELP skiff_agent_channel_generation Generation applied per channel (0: none).\n# TYPE skiff_agent_channel_generation gauge\n");
+    out.push_str("# HELP skiff_agent_channel_ok 1 when the channel's last apply succeeded.\n# TYPE skiff_agent_channel_ok gauge\n");
+    for (name, state) in agent.store().channels().unwrap_or_default() {
+        let (generation, ok) = state.applied.map_or((0, 0), |a| (a.generation, u8::from(a.ok)));
+        out.push_str(&format!(
+            "skiff_agent_channel_generation{{channel=\"{name}\"}} {generation}\n"
+        ));
+        out.push_str(&format!("skiff_agent_channel_ok{{channel=\"{name}\"}} {ok}\n"));
+    }
+    out
+}
+
+/// Serves `GET /metrics` and `GET /healthz` on `addr` (HTTP/1.0-style: one answer, close).
+pub async fn serve(addr: std::net::SocketAddr, agent: Arc<Agent>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(address = %addr, "Metrics and health listener");
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/healthz" | "/readyz" => ("200 OK", "ok\n".to_owned()),
+                "/metrics" => ("200 OK", metrics(&agent)),
+                _ => ("404 Not Found", "not found\n".to_owned()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,198 @@
+//! The agent with the `kube` target against the Kubernetes API test server (or a real
+//! cluster with SKIFF_TEST_KUBECONFIG): apply with a CRD and its resource in one bundle,
+//! no-op re-applies, prune, failures, retries, and pruning by a fresh agent.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::Api;
+use skiff_tests::agent::{agent, write_config};
+use skiff_tests::cluster::TestCluster;
+use skiff_tests::{examples_dir, run_bin};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn build(dir: &Path, key: &Path, out: &Path, generation: u64) -> (PathBuf, PathBuf) {
+    let digest = run_bin(
+        "skiff-hub",
+        &[
+            "bundle",
+            "build",
+            "--dir",
+            s(dir),
+            "--channel",
+            "demo",
+            "--generation",
+            &generation.to_string(),
+            "--namespace",
+            "demo",
+            "--key",
+            s(key),
+            "--out",
+            s(out),
+        ],
+    )
+    .success()
+    .stdout
+    .trim()
+    .to_owned();
+    (
+        out.join(format!("{digest}.tar.gz")),
+        out.join(format!("{digest}.dsse.json")),
+    )
+}
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    key: PathBuf,
+    config: PathBuf,
+    apps: PathBuf,
+}
+
+fn setup(c: &TestCluster) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    run_bin("skiff-hub", &["keygen", "--out", s(&tmp.path().join("keys"))]).success();
+    let config = write_config(
+        &tmp.path().join("agent"),
+        "edge-1",
+        &tmp.path().join("keys/signing.pub.pem"),
+        "kube",
+        &format!("kubeconfig: {}\n", c.kubeconfig().display()),
+    );
+    let apps = tmp.path().join("apps");
+    skiff_tests::copy_tree(&examples_dir().join("apps"), &apps);
+    Setup {
+        key: tmp.path().join("keys/signing.pem"),
+        config,
+        apps,
+        tmp,
+    }
+}
+
+fn import(st: &Setup, generation: u64) -> skiff_tests::Run {
+    let (b, e) = build(&st.apps, &st.key, &st.tmp.path().join("out"), generation);
+    agent(&["import", "--config", s(&st.config), s(&b), s(&e)])
+}
+
+#[tokio::test]
+async fn applies_crd_and_resource_together_noop_reapply_and_prune() {
+    let c = TestCluster::start().await;
+    let st = setup(&c);
+    let run = import(&st, 1);
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    let web = deployments.get("web").await.expect("deployment applied");
+    assert_eq!(web.metadata.labels.unwrap()["skiff.dev/channel"], "demo");
+    let managers: Vec<String> = web
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(managers.contains(&"skiff".to_owned()), "{managers:?}");
+    let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        c.client.clone(),
+        "demo",
+        &kube::core::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("example.skiff.dev", "v1", "Widget"),
+            "widgets",
+        ),
+    );
+    assert_eq!(
+        widgets.get("sample").await.expect("custom resource applied").data["spec"]["size"],
+        3
+    );
+    let rv = web.metadata.resource_version.clone();
+
+    // The same content as a new generation: applied again, nothing changes.
+    std::fs::write(st.apps.join("README.txt"), "not a manifest").unwrap();
+    import(&st, 2);
+    let same = deployments.get("web").await.unwrap();
+    assert_eq!(
+        same.metadata.resource_version, rv,
+        "a no-op re-apply changes no resourceVersion"
+    );
+
+    // Remove the Service from the bundle: pruned.
+    std::fs::remove_file(st.apps.join("web/service.yaml")).unwrap();
+    import(&st, 3).success();
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "demo");
+    let gone = skiff_tests::cluster::eventually(Duration::from_secs(30), || async {
+        services.get_opt("web").await.is_ok_and(|s| s.is_none())
+    })
+    .await;
+    assert!(gone, "pruned");
+    let inventory: Api<ConfigMap> = Api::namespaced(c.client.clone(), "skiff-system");
+    let inv = inventory
+        .get("skiff-inventory-demo")
+        .await
+        .expect("inventory ConfigMap");
+    let objects = &inv.data.unwrap()["objects"];
+    assert!(
+        objects.contains("\"web-config\"") && !objects.contains("\"Service\""),
+        "{objects}"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_object_fails_the_bundle_with_the_server_message_and_nothing_is_pruned() {
+    let c = TestCluster::start().await;
+    let st = setup(&c);
+    import(&st, 1).success();
+    // Drop the Service and break the ConfigMap's label: the apply fails, so no prune.
+    std::fs::remove_file(st.apps.join("web/service.yaml")).unwrap();
+    let cm = std::fs::read_to_string(st.apps.join("web/configmap.yaml")).unwrap();
+    std::fs::write(
+        st.apps.join("web/configmap.yaml"),
+        cm.replace("app: web", "app: \"not valid!\""),
+    )
+    .unwrap();
+    let run = import(&st, 2);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains("ConfigMap demo/web-config") && run.stderr.contains("422"),
+        "{}",
+        run.stderr
+    );
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "demo");
+    assert!(
+        services.get_opt("web").await.unwrap().is_some(),
+        "no prune after a partial failure"
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_agent_prunes_from_the_inventory_configmap() {
+    let c = TestCluster::start().await;
+    let st = setup(&c);
+    import(&st, 1).success();
+    // A reinstalled agent: empty store, same cluster.
+    std::fs::remove_dir_all(st.tmp.path().join("agent/data")).unwrap();
+    std::fs::remove_file(st.apps.join("web/service.yaml")).unwrap();
+    import(&st, 2).success();
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "demo");
+    assert!(
+        services.get_opt("web").await.unwrap().is_none(),
+        "pruned using the in-cluster inventory"
+    );
+}
+
+#[tokio::test]
+async fn server_errors_are_retried() {
+    let c = TestCluster::start().await;
+    let Some(server) = &c.server else { return }; // fault injection needs the test server
+    let st = setup(&c);
+    // 503 and 429 are retried by the client itself; the agent retries whole applies too.
+    server.fail_next(3, 503, "/deployments/web");
+    server.fail_next(2, 429, "/services/web");
+    let run = import(&st, 1);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    assert!(deployments.get_opt("web").await.unwrap().is_some());
+}
