@@ -160,12 +160,17 @@ fn hub_to_agent_with_outage_restart_and_reports_delivered_once_in_order() {
     let token_file = tmp.path().join("token");
     std::fs::write(&token_file, &token).unwrap();
     let target = tmp.path().join("manifests");
+    let metrics_port = skiff_tests::hub::free_port();
     let config = write_config(
         &tmp.path().join("agent"),
         "edge-1",
         &hub.public_key(),
         &format!("dir:{}", target.display()),
-        &format!("hub: {}\ntoken_file: {}\n", hub.url(), token_file.display()),
+        &format!(
+            "hub: {}\ntoken_file: {}\nlisten: 127.0.0.1:{metrics_port}\n",
+            hub.url(),
+            token_file.display()
+        ),
     );
     let mut agent_proc = AgentProcess::start(&config);
     let cm = target.join("demo/demo/configmap.web-config.yaml");
@@ -234,4 +239,20 @@ fn hub_to_agent_with_outage_restart_and_reports_delivered_once_in_order() {
         "{state}"
     );
     assert!(agent_proc.running());
+
+    // The agent's own listener: health and metrics.
+    let get = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{metrics_port}{path}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(get("/healthz").trim(), "ok");
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("skiff_agent_channel_generation{channel=\"demo\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("skiff_agent_outbox_reports 0"), "{metrics}");
 }

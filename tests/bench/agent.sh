@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Agent footprint and apply speed, side by side with kubectl in the same run:
+# stripped binary size, idle RSS after applying the example repo, peak RSS and wall time
+# applying a 1,000-object bundle to the Kubernetes API test server, versus
+# `kubectl apply --server-side` of the same objects against a fresh instance of the server.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release --locked --workspace --quiet
+bin=$PWD/target/release
+work=$(mktemp -d -t skiff-agent-bench.XXXXXX)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+ms() { date +%s%3N; }
+server() { # name -> starts a test server, writes $work/$1.kubeconfig
+  "$bin/skiff-kube-testserver" --listen 127.0.0.1:0 --kubeconfig "$work/$1.kubeconfig" >/dev/null &
+  pids+=($!)
+  for _ in $(seq 100); do [ -f "$work/$1.kubeconfig" ] && break; sleep 0.05; done
+}
+rss() { awk -v k="$2:" '$1==k {print $2}' "/proc/$1/status"; }
+
+# 1,000 objects: Deployments, Services and ConfigMaps across 10 namespaces.
+python3 - "$work/objects" <<'PY'
+import os, sys
+root = sys.argv[1]; os.makedirs(root)
+with open(f"{root}/namespaces.yaml", "w") as f:
+    for n in range(10):
+        f.write(f"---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: bench-{n}}}\n")
+for i in range(990):
+    ns = f"bench-{i % 10}"
+    kind = i % 3
+    with open(f"{root}/obj-{i:04d}.yaml", "w") as f:
+        if kind == 0:
+            f.write(f"""apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: app-{i}, namespace: {ns}, labels: {{app: app-{i}}}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: app-{i}}}}}
+  template:
+    metadata: {{labels: {{app: app-{i}}}}}
+    spec:
+      containers:
+      - name: main
+        image: registry.example.com/app-{i}:1.{i % 7}
+        ports: [{{containerPort: 8080}}]
+        resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}
+        env: [{{name: MODE, value: "edge"}}, {{name: INDEX, value: "{i}"}}]
+""")
+        elif kind == 1:
+            f.write(f"apiVersion: v1\nkind: Service\nmetadata: {{name: app-{i}, namespace: {ns}}}\nspec:\n  selector: {{app: app-{i}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n")
+        else:
+            data = "\n".join(f"  key{k}: \"value {k} of {i}\"" for k in range(20))
+            f.write(f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg-{i}, namespace: {ns}}}\ndata:\n{data}\n")
+PY
+"$bin/skiff-hub" keygen --out "$work/keys" >/dev/null 2>&1
+"$bin/skiff-hub" bundle build --dir "$work/objects" --channel bench --generation 1 --key "$work/keys/signing.pem" --out "$work/big" >/dev/null 2>&1
+"$bin/skiff-hub" bundle build --dir deploy/examples/apps --channel demo --generation 1 --key "$work/keys/signing.pem" --out "$work/small" >/dev/null 2>&1
+
+agent_config() { # name kubeconfig import_dir
+  cat > "$work/$1.yaml" <<EOT
+cluster: bench
+trusted_keys: [$work/keys/signing.pub.pem]
+data_dir: $work/$1-data
+target: kube
+kubeconfig: $2
+import_dir: $3
+EOT
+}
+
+echo "binary (stripped): skiff-agent $(stat -c %s "$bin/skiff-agent" | awk '{printf "%.1f MiB", $1/1048576}'), kubectl $(stat -L -c %s "$(command -v kubectl)" | awk '{printf "%.1f MiB", $1/1048576}')"
+
+# Idle RSS after applying the example repo, with the agent running as a service.
+server idle
+agent_config idle "$work/idle.kubeconfig" "$work/small"
+SKIFF_LOG=warn "$bin/skiff-agent" run --config "$work/idle.yaml" 2>"$work/idle.log" &
+agent_pid=$!; pids+=($agent_pid)
+for _ in $(seq 200); do grep -q '"ok": true' "$work/idle-data/status.json" 2>/dev/null && break; sleep 0.05; done
+sleep 5
+echo "agent idle RSS after applying the example repo: $(rss $agent_pid VmRSS | awk '{printf "%.1f MiB", $1/1024}')"
+kill "$agent_pid"
+
+# 1,000 objects: skiff-agent import vs kubectl apply --server-side, each on a fresh server.
+server skiff
+agent_config big "$work/skiff.kubeconfig" "$work/none"
+b=$(ls "$work"/big/*.tar.gz); e=${b%.tar.gz}.dsse.json
+t0=$(ms)
+/usr/bin/time -f "%M" -o "$work/agent.maxrss" "$bin/skiff-agent" import --config "$work/big.yaml" "$b" "$e" >/dev/null 2>"$work/import.log"
+t1=$(ms)
+server kubectl
+t2=$(ms)
+/usr/bin/time -f "%M" -o "$work/kubectl.maxrss" kubectl --kubeconfig "$work/kubectl.kubeconfig" apply --server-side -f "$work/objects/namespaces.yaml" >/dev/null
+/usr/bin/time -f "%M" -a -o "$work/kubectl.maxrss" kubectl --kubeconfig "$work/kubectl.kubeconfig" apply --server-side -f "$work/objects" >/dev/null
+t3=$(ms)
+printf "%-46s %10s %12s\n" "apply 1,000 objects to the API test server" "wall" "peak RSS"
+printf "%-46s %8s ms %9s MiB\n" "skiff-agent import (verify+apply+inventory)" $((t1-t0)) "$(awk '{printf "%.1f", $1/1024}' "$work/agent.maxrss")"
+printf "%-46s %8s ms %9s MiB\n" "kubectl apply --server-side" $((t3-t2)) "$(sort -n "$work/kubectl.maxrss" | tail -1 | awk '{printf "%.1f", $1/1024}')"
+printf "ratio (kubectl / skiff): %.1fx\n" "$(echo "scale=2; ($t3-$t2)/($t1-$t0)" | bc)"
