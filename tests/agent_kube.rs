@@ -196,3 +196,72 @@ async fn server_errors_are_retried() {
     let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
     assert!(deployments.get_opt("web").await.unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_agent_retries_a_500_until_the_bundle_applies() {
+    let c = TestCluster::start().await;
+    let Some(server) = &c.server else { return };
+    let st = setup(&c);
+    let (b, e) = build(&st.apps, &st.key, &st.tmp.path().join("out"), 1);
+    let import = st.tmp.path().join("usb");
+    std::fs::create_dir_all(&import).unwrap();
+    // kube's client does not retry 500s; the agent's retry loop must.
+    server.fail_next(3, 500, "/configmaps/web-config");
+    std::fs::copy(&b, import.join(b.file_name().unwrap())).unwrap();
+    std::fs::copy(&e, import.join(e.file_name().unwrap())).unwrap();
+    let config =
+        std::fs::read_to_string(&st.config).unwrap() + &format!("import_dir: {}\n", import.display());
+    std::fs::write(&st.config, config).unwrap();
+    let proc = skiff_tests::agent::AgentProcess::start(&st.config);
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "demo");
+    let applied = skiff_tests::cluster::eventually(Duration::from_secs(30), || async {
+        cms.get_opt("web-config").await.is_ok_and(|o| o.is_some())
+    })
+    .await;
+    assert!(applied, "{}", proc.log());
+    assert!(
+        proc.log().contains("500"),
+        "the failure was seen and retried:\n{}",
+        proc.log()
+    );
+}
+
+#[tokio::test]
+async fn crds_larger_than_the_annotation_limit_apply() {
+    let c = TestCluster::start().await;
+    let st = setup(&c);
+    let crds = skiff_tests::corpus_dir().join("gateway-api/config/crd/standard");
+    // httproutes is 429 KB of YAML: a client-side apply's last-applied annotation of it
+    // comes close to the 256 KiB annotation limit; server-side apply keeps none.
+    let biggest = std::fs::read_dir(&crds)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap();
+    assert!(
+        biggest > 256 * 1024,
+        "the corpus holds a CRD over 256 KiB of YAML ({biggest} bytes)"
+    );
+    let dir = st.tmp.path().join("crds");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(&crds).unwrap() {
+        let e = e.unwrap();
+        // The ValidatingAdmissionPolicy in this folder guards CRD upgrades; CRDs only here.
+        if e.file_name().to_string_lossy().contains("vap") {
+            continue;
+        }
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let (b, e) = build(&dir, &st.key, &st.tmp.path().join("out"), 1);
+    let run = agent(&["import", "--config", s(&st.config), s(&b), s(&e)]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let api: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(c.client.clone());
+    let httproutes = api
+        .get("httproutes.gateway.networking.k8s.io")
+        .await
+        .expect("CRD applied");
+    let annotations = httproutes.metadata.annotations.unwrap_or_default();
+    assert!(!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+}

@@ -567,6 +567,19 @@ async fn invalid_requests_get_status_errors_with_the_right_codes() {
     let (code, reason, _) = api_error(api.patch("l", &apply("skiff"), &Patch::Apply(bad_label)).await);
     assert_eq!((code, reason.as_str()), (422, "Invalid"));
 
+    let huge = "x".repeat(300 * 1024);
+    let big_annotation = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big", "annotations": {"note": huge}}});
+    let (code, reason, message) = api_error(
+        api.patch("big", &apply("skiff"), &Patch::Apply(big_annotation))
+            .await,
+    );
+    assert_eq!(
+        (code, reason.as_str()),
+        (422, "Invalid"),
+        "annotations are limited to 256 KiB"
+    );
+    assert!(message.contains("metadata.annotations"), "{message}");
+
     let wrong_version = json!({"apiVersion": "apps/v1", "kind": "ConfigMap", "metadata": {"name": "w"}});
     let (code, _, message) = api_error(
         api.patch("w", &apply("skiff"), &Patch::Apply(wrong_version))

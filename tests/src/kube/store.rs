@@ -389,6 +389,7 @@ impl State {
             ));
         }
         check_labels(rt, &name, body)?;
+        check_annotations(rt, &name, body)?;
         if let Some(ns) = ns
             && rt.namespaced
         {
@@ -974,6 +975,28 @@ fn check_name(rt: &ResourceType, name: &str) -> Result<(), &'static str> {
         } else {
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
         });
+    }
+    Ok(())
+}
+
+/// kube-apiserver's limit on the total size of an object's annotations.
+const MAX_ANNOTATIONS: usize = 256 * 1024;
+
+fn check_annotations(rt: &ResourceType, name: &str, body: &Value) -> Result<(), ApiError> {
+    let Some(annotations) = body.pointer("/metadata/annotations").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    let total: usize = annotations
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
+    if total > MAX_ANNOTATIONS {
+        return Err(ApiError::invalid(
+            rt,
+            name,
+            "metadata.annotations",
+            &format!("Too long: must have at most {MAX_ANNOTATIONS} bytes"),
+        ));
     }
     Ok(())
 }
