@@ -62,6 +62,9 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// The CA (PEM) that issued `cert`, when it is private: `cluster bootstrap` hands it to
+    /// agents so they can trust the hub.
+    pub ca: Option<PathBuf>,
 }
 
 /// Credentials for fetching a repository.

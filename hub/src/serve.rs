@@ -66,6 +66,7 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
         admin_token_hash: token_hash(&admin_token),
         config: config.clone(),
         shutdown: shutdown_rx.clone(),
+        public_keys: vec![key.public_key().to_spki_pem()],
     });
     sources.spawn();
 

@@ -212,3 +212,38 @@ pub async fn refresh(
         )
     }
 }
+
+/// `GET /v1/admin/trust`: what an agent needs to trust this hub (for `cluster bootstrap`).
+pub async fn trust(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    admin!(state, headers);
+    let ca = match state.config.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reading CA {}: {e}", path.display()),
+                );
+            }
+        },
+        None => None,
+    };
+    Json(TrustResponse {
+        public_keys: state.public_keys.clone(),
+        ca,
+        public_url: state.config.public_url(),
+    })
+    .into_response()
+}
+
+/// `GET /v1/admin/trust` answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustResponse {
+    /// Public keys (SPKI PEM) agents should trust.
+    pub public_keys: Vec<String>,
+    /// The hub's private CA (PEM), if it has one.
+    pub ca: Option<String>,
+    /// The URL agents reach the hub at.
+    pub public_url: String,
+}

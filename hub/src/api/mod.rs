@@ -40,6 +40,8 @@ pub struct AppState {
     pub config: Arc<HubConfig>,
     /// Flips to true when the hub is shutting down (ends long-polls early).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The signing key's public half (SPKI PEM), for agents to trust.
+    pub public_keys: Vec<String>,
 }
 
 /// A JSON error body with a status code.
@@ -74,6 +76,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/channels", get(admin::list_channels))
         .route("/v1/admin/channels/{channel}/refresh", post(admin::refresh))
         .route("/v1/admin/status", get(admin::list_clusters))
+        .route("/v1/admin/trust", get(admin::trust))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .route_layer(middleware::from_fn_with_state(state.clone(), record))
         .with_state(state)

@@ -142,6 +142,15 @@ pub(super) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 .await?;
             eprintln!("removed cluster {name}");
         }
+        ClusterCommand::Bootstrap {
+            hub,
+            name,
+            labels,
+            hub_url,
+            format,
+        } => {
+            super::bootstrap::bootstrap(&hub, &name, &parse_labels(&labels)?, hub_url, format).await?;
+        }
         ClusterCommand::RotateToken { hub, name } => {
             let r: TokenResponse = hub
                 .client()?

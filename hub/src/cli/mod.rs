@@ -14,6 +14,7 @@ use crate::client::{HubClient, read_token};
 use crate::config::{HubConfig, Overrides, RenderMode};
 
 mod admin;
+mod bootstrap;
 use crate::sign::{PUBLIC_KEY_FILE, SIGNING_KEY_FILE, keygen};
 
 /// The skiff hub: turns Git commits into signed, reproducible bundles for a fleet of clusters.
@@ -179,6 +180,26 @@ pub enum ClusterCommand {
         hub: HubArgs,
         /// Cluster name.
         name: String,
+    },
+    /// Register a cluster (or give an existing one a new token) and print everything its
+    /// agent needs, filled in: `skiff-hub cluster bootstrap edge-7 | kubectl apply --server-side -f -`
+    /// installs a working agent. `--format systemd` prints the config, keys, token and unit
+    /// for a host install instead.
+    Bootstrap {
+        /// The hub to talk to.
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Cluster name.
+        name: String,
+        /// A label, key=value; repeat for several (used when registering).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// The URL the agent should use for the hub (default: the hub's public_url).
+        #[arg(long, value_name = "URL")]
+        hub_url: Option<String>,
+        /// What to print.
+        #[arg(long, value_enum, default_value_t = bootstrap::BootstrapFormat::Kube)]
+        format: bootstrap::BootstrapFormat,
     },
     /// Give a cluster a new token (printed alone on stdout); the old one stops working.
     RotateToken {

@@ -1,0 +1,188 @@
+//! `skiff-hub cluster bootstrap`: registers a cluster (or gives it a new token) and prints
+//! everything its agent needs, filled in: the in-cluster manifest (the agent base of
+//! `deploy/kubernetes/agent/base`), or the config and unit for a host install.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::HubArgs;
+use crate::api::admin::{TokenResponse, TrustResponse};
+
+/// The agent base, compiled in so the manifest always matches this hub's version.
+const AGENT_BASE: &[&str] = &[
+    include_str!("../../../deploy/kubernetes/agent/base/namespace.yaml"),
+    include_str!("../../../deploy/kubernetes/agent/base/serviceaccount.yaml"),
+    include_str!("../../../deploy/kubernetes/agent/base/rbac.yaml"),
+    include_str!("../../../deploy/kubernetes/agent/base/secret.yaml"),
+    include_str!("../../../deploy/kubernetes/agent/base/configmap.yaml"),
+    include_str!("../../../deploy/kubernetes/agent/base/pvc.yaml"),
+    include_str!("../../../deploy/kubernetes/agent/base/deployment.yaml"),
+];
+const AGENT_UNIT: &str = include_str!("../../../deploy/systemd/skiff-agent.service");
+
+/// Output of `cluster bootstrap`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootstrapFormat {
+    /// A manifest for `kubectl apply --server-side -f -`.
+    Kube,
+    /// The agent config, keys, token and systemd unit for a host install.
+    Systemd,
+}
+
+struct Agent {
+    url: String,
+    cluster: String,
+    token: String,
+    keys: Vec<String>,
+    ca: Option<String>,
+}
+
+async fn register(hub: &HubArgs, name: &str, labels: &BTreeMap<String, String>) -> anyhow::Result<String> {
+    let client = hub.client()?;
+    let body = serde_json::to_vec(&json!({"name": name, "labels": labels}))?;
+    let (status, bytes) = client
+        .send(Method::POST, "/v1/admin/clusters", Some(body))
+        .await?;
+    if status == StatusCode::CONFLICT {
+        eprintln!(
+            "cluster {name} is already registered: it gets a new token; an agent installed with the old one stops authenticating"
+        );
+        let r: TokenResponse = client
+            .json(Method::POST, &format!("/v1/admin/clusters/{name}/token"), None)
+            .await?;
+        return Ok(r.token);
+    }
+    if !status.is_success() {
+        anyhow::bail!(
+            "registering {name}: {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    let r: TokenResponse =
+        serde_json::from_slice(&bytes).context("unexpected answer registering the cluster")?;
+    Ok(r.token)
+}
+
+fn agent_yaml(a: &Agent, token_file: &str, dir: &str, kube: bool) -> String {
+    let keys: Vec<String> = (0..a.keys.len())
+        .map(|i| format!("{dir}/{}", key_file(i)))
+        .collect();
+    let mut y = format!(
+        "hub: {}\ncluster: {}\ntoken_file: {token_file}\ntrusted_keys: [{}]\ndata_dir: /var/lib/skiff-agent\n",
+        a.url,
+        a.cluster,
+        keys.join(", ")
+    );
+    if a.ca.is_some() {
+        y.push_str(&format!("ca_file: {dir}/ca.crt\n"));
+    }
+    if kube {
+        y.push_str("target: kube\nnamespace: skiff-system\nlisten: 0.0.0.0:9090\n");
+    } else {
+        y.push_str(
+            "# k3s: the node's kubeconfig; or, with no API credentials, write into k3s's auto-deploy folder:\n\
+             #   target: dir:/var/lib/rancher/k3s/server/manifests\n\
+             target: kube\nkubeconfig: /etc/rancher/k3s/k3s.yaml\nlisten: 127.0.0.1:9090\n",
+        );
+    }
+    y
+}
+
+fn key_file(i: usize) -> String {
+    if i == 0 {
+        "signing.pub.pem".to_owned()
+    } else {
+        format!("signing-{}.pub.pem", i + 1)
+    }
+}
+
+fn manifest(a: &Agent) -> anyhow::Result<String> {
+    let mut docs: Vec<Value> = Vec::new();
+    for text in AGENT_BASE {
+        for d in skiff_proto::manifest::parse_yaml("agent base", text)? {
+            docs.push(d.value);
+        }
+    }
+    for d in &mut docs {
+        match (d["kind"].as_str(), d["metadata"]["name"].as_str()) {
+            (Some("Secret"), Some("skiff-agent-token")) => {
+                d["stringData"] = json!({"token": a.token});
+            }
+            (Some("ConfigMap"), Some("skiff-agent")) => {
+                let mut data = serde_json::Map::new();
+                data.insert(
+                    "agent.yaml".into(),
+                    json!(agent_yaml(a, "/etc/skiff/token/token", "/etc/skiff/config", true)),
+                );
+                for (i, k) in a.keys.iter().enumerate() {
+                    data.insert(key_file(i), json!(k));
+                }
+                if let Some(ca) = &a.ca {
+                    data.insert("ca.crt".into(), json!(ca));
+                }
+                d["data"] = Value::Object(data);
+            }
+            _ => {}
+        }
+    }
+    let mut out = format!(
+        "# skiff agent for cluster {}, talking to {}.\n# Apply: kubectl apply --server-side -f <this file>\n# The cluster token is in the Secret skiff-system/skiff-agent-token only: keep this file private.\n",
+        a.cluster, a.url
+    );
+    out.push_str(&crate::yaml::documents(&docs));
+    Ok(out)
+}
+
+fn systemd(a: &Agent) -> String {
+    let mut out = format!(
+        "# skiff agent for cluster {} on a host (e.g. a k3s node). Write each file below, then:\n#   systemctl daemon-reload && systemctl enable --now skiff-agent\n",
+        a.cluster
+    );
+    let mut file = |path: &str, mode: &str, body: &str| {
+        out.push_str(&format!("\n# ==> {path} (mode {mode})\n{}", body));
+        if !body.ends_with('\n') {
+            out.push('\n');
+        }
+    };
+    file(
+        "/etc/skiff/agent.yaml",
+        "0644",
+        &agent_yaml(a, "/etc/skiff/token", "/etc/skiff", false),
+    );
+    file("/etc/skiff/token", "0600", &format!("{}\n", a.token));
+    for (i, k) in a.keys.iter().enumerate() {
+        file(&format!("/etc/skiff/{}", key_file(i)), "0644", k);
+    }
+    if let Some(ca) = &a.ca {
+        file("/etc/skiff/ca.crt", "0644", ca);
+    }
+    file("/etc/systemd/system/skiff-agent.service", "0644", AGENT_UNIT);
+    out
+}
+
+/// Runs `cluster bootstrap`.
+pub async fn bootstrap(
+    hub: &HubArgs,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    hub_url: Option<String>,
+    format: BootstrapFormat,
+) -> anyhow::Result<()> {
+    let token = register(hub, name, labels).await?;
+    let trust: TrustResponse = hub.client()?.json(Method::GET, "/v1/admin/trust", None).await?;
+    let agent = Agent {
+        url: hub_url.unwrap_or(trust.public_url),
+        cluster: name.to_owned(),
+        token,
+        keys: trust.public_keys,
+        ca: trust.ca,
+    };
+    match format {
+        BootstrapFormat::Kube => print!("{}", manifest(&agent)?),
+        BootstrapFormat::Systemd => print!("{}", systemd(&agent)),
+    }
+    Ok(())
+}
