@@ -102,7 +102,7 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
         info!("Shutting down: draining in-flight requests");
         let _ = shutdown_tx.send(true);
     };
-    api::serve(listener, tls, api::router(state), shutdown).await?;
+    api::serve(listener, tls, api::router(state.clone()), state, shutdown).await?;
     let _ = flush_task.await;
     fleet.flush_seen()?;
     info!("Hub stopped");

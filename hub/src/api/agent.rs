@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use skiff_proto::Sha256Digest;
 use skiff_proto::api::{MAX_WAIT_SECONDS, Report, ReportAck};
 
-use super::auth::{Caller, caller, require_cluster};
+use super::auth::{Caller, Denied, caller, require_cluster, require_cluster_token};
 use super::{AppState, error};
 use crate::fleet::DesiredAnswer;
 
@@ -51,43 +51,56 @@ fn etag_listed(if_none_match: &str, etag: &str) -> bool {
         .any(|t| t.trim() == etag || t.trim() == "*")
 }
 
-/// `GET /v1/clusters/{cluster}/desired[?wait=SECONDS]`
-pub async fn desired(
-    State(state): State<Arc<AppState>>,
-    Path(cluster): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = require_cluster(&state, &headers, &cluster) {
-        return r.into_response();
+/// The answer to a desired-state request, whichever server path received it.
+pub(crate) enum DesiredReply {
+    /// 200 with this body.
+    Body(Arc<DesiredAnswer>),
+    /// 304 with this ETag.
+    NotModified(String),
+    /// Refused.
+    Denied(Denied),
+    /// 400.
+    BadRequest(&'static str),
+}
+
+/// Answers `GET /v1/clusters/{cluster}/desired`: authentication, ETag, and the long-poll
+/// (`wait`). Holds nothing of the request while it waits: for ten thousand agents that is
+/// the difference between a few and a few hundred MiB.
+pub(crate) async fn desired_reply(
+    state: &AppState,
+    cluster: &str,
+    token: Option<&str>,
+    if_none_match: Option<String>,
+    wait: Option<&str>,
+) -> DesiredReply {
+    if let Err(d) = require_cluster_token(state, token, cluster) {
+        return DesiredReply::Denied(d);
     }
-    let wait = match query.get("wait").map(|w| w.parse::<u64>()) {
+    let wait = match wait.map(str::parse::<u64>) {
         None => 0,
         Some(Ok(w)) => w.min(MAX_WAIT_SECONDS),
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "wait must be a whole number of seconds"),
+        Some(Err(_)) => return DesiredReply::BadRequest("wait must be a whole number of seconds"),
     };
-    state.fleet.touch(&cluster);
-    let if_none_match = matching_etag(&headers);
-    // A held long-poll should keep nothing of the request: its header values point into
-    // hyper's read buffer, which would otherwise stay allocated for the whole wait.
-    drop(headers);
-    drop(query);
+    state.fleet.touch(cluster);
     // Subscribe before computing, so no change between the two is missed.
     let mut changes = state.fleet.subscribe();
-    let Some(answer) = state.fleet.desired(&cluster) else {
-        return error(
-            StatusCode::FORBIDDEN,
+    let forbidden = || {
+        DesiredReply::Denied(Denied::Forbidden(
             "this token is not allowed on this cluster's routes",
-        );
+        ))
+    };
+    let Some(answer) = state.fleet.desired(cluster) else {
+        return forbidden();
     };
     if !if_none_match
         .as_deref()
         .is_some_and(|tags| etag_listed(tags, &answer.etag))
     {
-        return desired_response(&answer);
+        return DesiredReply::Body(answer);
     }
+    drop(if_none_match);
     if wait == 0 {
-        return not_modified(&answer.etag);
+        return DesiredReply::NotModified(answer.etag.clone());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let mut shutdown = state.shutdown.clone();
@@ -97,17 +110,42 @@ pub async fn desired(
                 if changed.is_err() {
                     break;
                 }
-                match state.fleet.desired(&cluster) {
-                    Some(now) if now.etag != answer.etag => return desired_response(&now),
+                match state.fleet.desired(cluster) {
+                    Some(now) if now.etag != answer.etag => return DesiredReply::Body(now),
                     Some(_) => {}
-                    None => return error(StatusCode::FORBIDDEN, "this token is not allowed on this cluster's routes"),
+                    None => return forbidden(),
                 }
             }
             () = tokio::time::sleep_until(deadline) => break,
             _ = shutdown.changed() => break,
         }
     }
-    not_modified(&answer.etag)
+    DesiredReply::NotModified(answer.etag.clone())
+}
+
+/// `GET /v1/clusters/{cluster}/desired[?wait=SECONDS]` (through the router; most agents'
+/// requests take the direct path in [`super::fastpath`]).
+pub async fn desired(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(super::auth::bearer_value)
+        .map(str::to_owned);
+    let if_none_match = matching_etag(&headers);
+    let wait = query.get("wait").cloned();
+    drop(headers);
+    drop(query);
+    match desired_reply(&state, &cluster, token.as_deref(), if_none_match, wait.as_deref()).await {
+        DesiredReply::Body(a) => desired_response(&a),
+        DesiredReply::NotModified(etag) => not_modified(&etag),
+        DesiredReply::Denied(d) => d.into_response(),
+        DesiredReply::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
+    }
 }
 
 /// A byte range of a body of `len` bytes: `bytes=a-b`, `bytes=a-`, `bytes=-n`.

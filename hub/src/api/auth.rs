@@ -8,10 +8,12 @@ use super::{AppState, error};
 use crate::fleet::{constant_time_eq, token_hash};
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
+    bearer_value(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization: Bearer …` header value.
+pub fn bearer_value(authorization: &str) -> Option<&str> {
+    authorization
         .strip_prefix("Bearer ")
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -52,7 +54,12 @@ pub enum Caller {
 
 /// Identifies the caller: 401 when the token is missing or unknown.
 pub fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Denied> {
-    let token = bearer(headers).ok_or(Denied::Unauthorized)?;
+    caller_of_token(state, bearer(headers))
+}
+
+/// Identifies the caller from a bearer token.
+pub fn caller_of_token(state: &AppState, token: Option<&str>) -> Result<Caller, Denied> {
+    let token = token.ok_or(Denied::Unauthorized)?;
     if constant_time_eq(&token_hash(token), &state.admin_token_hash) {
         return Ok(Caller::Admin);
     }
@@ -66,7 +73,12 @@ pub fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Denied> {
 /// Requires the token of `cluster`: 401 without a valid token, 403 with another cluster's
 /// (or the admin) token. Nothing about `cluster` is revealed either way.
 pub fn require_cluster(state: &AppState, headers: &HeaderMap, cluster: &str) -> Result<(), Denied> {
-    match caller(state, headers)? {
+    require_cluster_token(state, bearer(headers), cluster)
+}
+
+/// [`require_cluster`] for a bearer token already taken out of its header.
+pub fn require_cluster_token(state: &AppState, token: Option<&str>, cluster: &str) -> Result<(), Denied> {
+    match caller_of_token(state, token)? {
         Caller::Cluster(c) if c == cluster => Ok(()),
         _ => Err(Denied::Forbidden(
             "this token is not allowed on this cluster's routes",

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -68,14 +67,14 @@ pub fn tls_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServeError> {
 /// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests
 /// (long-polls end early on shutdown, so draining takes moments; it is bounded at 30 s).
 ///
-/// Connections are served by hyper directly rather than `axum::serve`: an agent holding a
-/// long-poll is an idle connection, and ten thousand of them should cost little. hyper's
-/// HTTP/1 read buffer is capped at its minimum (8 KiB; requests here are small), and one
-/// router is shared by all connections instead of being rebuilt per connection.
+/// Each connection starts on the direct path for agents' polls ([`super::fastpath`]) and is
+/// handed to hyper (read buffer capped at its 8 KiB minimum, one router shared by all
+/// connections) for anything else.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<rustls::ServerConfig>,
     app: Router,
+    state: Arc<super::AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let service = hyper_util::service::TowerToHyperService::new(app);
@@ -98,12 +97,13 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 match &acceptor {
                     None => {
-                        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, peer = %peer, "Connection ended with an error");
-                            }
-                        });
+                        tokio::spawn(super::fastpath::serve_connection(
+                            stream,
+                            state.clone(),
+                            http.clone(),
+                            service.clone(),
+                            graceful.watcher(),
+                        ));
                     }
                     Some(acceptor) => {
                         // Handshakes run on their own, so a slow client cannot stall accepting.
@@ -120,20 +120,26 @@ pub async fn serve(
                     }
                 }
             }
-            Some((tls, peer)) = rx.recv() => {
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(tls), service.clone()));
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, peer = %peer, "Connection ended with an error");
-                    }
-                });
+            Some((tls, _peer)) = rx.recv() => {
+                tokio::spawn(super::fastpath::serve_connection(
+                    tls,
+                    state.clone(),
+                    http.clone(),
+                    service.clone(),
+                    graceful.watcher(),
+                ));
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
+    let direct = async {
+        while super::fastpath::ACTIVE.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     tokio::select! {
-        () = graceful.shutdown() => {}
+        _ = async { tokio::join!(graceful.shutdown(), direct) } => {}
         () = tokio::time::sleep(Duration::from_secs(30)) => {
             tracing::warn!("Connections still open after 30s; closing them");
         }

@@ -5,6 +5,7 @@
 pub mod admin;
 mod agent;
 mod auth;
+mod fastpath;
 mod hooks;
 mod listener;
 
