@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use skiff_proto::Sha256Digest;
-use skiff_proto::api::{ObjectError, ObjectRef, Outcome as ReportOutcome, Report};
+use skiff_proto::api::{ObjectRef, Outcome as ReportOutcome, Report};
 use skiff_proto::dsse::Envelope;
 use skiff_proto::statement::Timestamp;
 use skiff_proto::verify::{Accepted as AcceptedGen, Policy, TrustSet, VerifyError, verify_bundle};
@@ -323,21 +323,7 @@ impl Agent {
                 !builtin_cluster_scoped(api, kind)
             }) {
                 Ok(objs) => d.apply(channel, &objs, &previous),
-                Err(errors) => Outcome {
-                    errors: errors
-                        .into_iter()
-                        .map(|e| ObjectError {
-                            object: ObjectRef {
-                                api_version: String::new(),
-                                kind: String::new(),
-                                namespace: None,
-                                name: String::new(),
-                            },
-                            message: e.to_string(),
-                        })
-                        .collect(),
-                    ..Outcome::default()
-                },
+                Err(errors) => crate::apply::unreadable(errors),
             },
         };
         let ok = outcome.errors.is_empty();

@@ -84,13 +84,16 @@ pub struct AgentConfig {
     /// A folder watched for `<sha256>.tar.gz` + `<sha256>.dsse.json` pairs.
     pub import_dir: Option<PathBuf>,
     /// Pause between polls when long-polling is off or failing (default 30s).
-    #[serde(default = "default_poll", with = "duration")]
+    #[serde(default = "default_poll", deserialize_with = "skiff_proto::config::duration")]
     pub poll_interval: Duration,
     /// How long one long-poll waits for a change (default 60s; 0 disables long-polling).
-    #[serde(default = "default_wait", with = "duration")]
+    #[serde(default = "default_wait", deserialize_with = "skiff_proto::config::duration")]
     pub long_poll_wait: Duration,
     /// Longest pause between retries when the hub is unreachable (default 5m).
-    #[serde(default = "default_backoff", with = "duration")]
+    #[serde(
+        default = "default_backoff",
+        deserialize_with = "skiff_proto::config::duration"
+    )]
     pub max_backoff: Duration,
     /// CA certificate (PEM) to trust for the hub, e.g. a private CA.
     pub ca_file: Option<PathBuf>,
@@ -135,26 +138,6 @@ fn default_namespace() -> String {
 }
 fn default_outbox() -> usize {
     1000
-}
-
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        match serde_json::Value::deserialize(d)? {
-            serde_json::Value::Number(n) => n
-                .as_u64()
-                .map(Duration::from_secs)
-                .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number of seconds"))),
-            serde_json::Value::String(s) => humantime::parse_duration(&s)
-                .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like 30s: {e}"))),
-            other => Err(serde::de::Error::custom(format!(
-                "expected a duration like 30s, found {other}"
-            ))),
-        }
-    }
 }
 
 /// Flag and environment overrides.

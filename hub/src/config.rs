@@ -90,7 +90,7 @@ pub struct RepoConfig {
     /// Local path, `file://`, `https://`, `ssh://` or `user@host:path`.
     pub url: String,
     /// How often to fetch (default 60s).
-    #[serde(default = "default_poll", with = "duration")]
+    #[serde(default = "default_poll", deserialize_with = "skiff_proto::config::duration")]
     pub poll: Duration,
     /// Credentials for fetching.
     #[serde(default)]
@@ -148,7 +148,7 @@ pub struct ChannelConfig {
     #[serde(default)]
     pub targets: Targets,
     /// Statements expire this long after signing (agents then refuse them).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, deserialize_with = "skiff_proto::config::opt_duration")]
     pub expires_after: Option<Duration>,
 }
 
@@ -183,7 +183,10 @@ pub struct HubConfig {
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
     /// Timeout for one git fetch or render (default 120s).
-    #[serde(default = "default_command_timeout", with = "duration")]
+    #[serde(
+        default = "default_command_timeout",
+        deserialize_with = "skiff_proto::config::duration"
+    )]
     pub command_timeout: Duration,
     /// Reports kept per cluster (default 200).
     #[serde(default = "default_history")]
@@ -204,47 +207,6 @@ fn default_command_timeout() -> Duration {
 
 fn default_history() -> usize {
     200
-}
-
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let v = serde_json::Value::deserialize(d)?;
-        super::parse_duration(&v).map_err(serde::de::Error::custom)
-    }
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let v = serde_json::Value::deserialize(d)?;
-        if v.is_null() {
-            return Ok(None);
-        }
-        super::parse_duration(&v)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A duration written as `30s`, `5m`, `1h30m`, or a number of seconds.
-fn parse_duration(v: &serde_json::Value) -> Result<Duration, String> {
-    match v {
-        serde_json::Value::Number(n) => n
-            .as_u64()
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{n} is not a whole number of seconds")),
-        serde_json::Value::String(s) => {
-            humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s or 5m: {e}"))
-        }
-        other => Err(format!("expected a duration like 30s, found {other}")),
-    }
 }
 
 /// Settings from flags and the environment that override the file.

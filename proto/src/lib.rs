@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod bundle;
+pub mod config;
 pub mod digest;
 pub mod dsse;
 pub mod keys;

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use skiff_proto::api::{ObjectError, ObjectRef};
 use skiff_proto::bundle::Bundle;
 
-use super::{Desired, Outcome, objects, plan, prunable, prune_set};
+use super::{Desired, Outcome, objects, plan, prunable, prune_set, unreadable};
 
 /// Field manager of every apply.
 pub const FIELD_MANAGER: &str = "skiff";
@@ -330,23 +330,5 @@ impl KubeApplier {
             .ok()??;
         let text = cm.data.pointer("/data/objects")?.as_str()?.to_owned();
         serde_json::from_str(&text).ok()
-    }
-}
-
-fn unreadable(errors: Vec<skiff_proto::manifest::ManifestError>) -> Outcome {
-    Outcome {
-        errors: errors
-            .into_iter()
-            .map(|e| ObjectError {
-                object: ObjectRef {
-                    api_version: String::new(),
-                    kind: String::new(),
-                    namespace: None,
-                    name: String::new(),
-                },
-                message: e.to_string(),
-            })
-            .collect(),
-        ..Outcome::default()
     }
 }

@@ -182,6 +182,25 @@ pub fn prunable(live: &Value) -> bool {
         != Some("disabled")
 }
 
+/// An outcome for a bundle whose documents could not be read: every error, none applied.
+pub fn unreadable(errors: Vec<ManifestError>) -> Outcome {
+    Outcome {
+        errors: errors
+            .into_iter()
+            .map(|e| ObjectError {
+                object: ObjectRef {
+                    api_version: String::new(),
+                    kind: String::new(),
+                    namespace: None,
+                    name: String::new(),
+                },
+                message: e.to_string(),
+            })
+            .collect(),
+        ..Outcome::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
