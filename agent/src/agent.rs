@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::apply::dir::DirApplier;
 use crate::apply::kube::KubeApplier;
-use crate::apply::{Outcome, builtin_cluster_scoped, objects};
+use crate::apply::{Checked, Outcome, builtin_cluster_scoped, objects};
 use crate::config::{AgentConfig, Target};
 use crate::source::{HubClient, SourceError, scan_import_dir};
 use crate::store::{Accepted, Applied, ChannelState, Store};
@@ -304,15 +304,7 @@ impl Agent {
             return Ok(Outcome::default());
         };
         let started = Instant::now();
-        let tarball = self.store.bundle(&accepted.sha256)?;
-        // Expiry is about accepting; the last good state stays applicable offline.
-        let policy = Policy {
-            channel: Some(channel.to_owned()),
-            now: accepted.at,
-            ..Policy::default()
-        };
-        let verified = verify_bundle(&self.trust, &accepted.envelope.to_json(), &tarball, &policy)
-            .map_err(|e| anyhow::anyhow!("stored bundle of channel {channel} no longer verifies: {e}"))?;
+        let verified = self.stored_bundle(channel, &accepted)?;
         let previous = match (&self.applier, state.inventory.is_empty()) {
             (Applier::Kube(k), true) => k.load_inventory(channel).await.unwrap_or_default(),
             _ => state.inventory.clone(),
@@ -393,6 +385,14 @@ impl Agent {
             retries.insert(channel.to_owned(), (failures, Instant::now() + wait));
             warn!(channel, generation = accepted.generation, error = %message, retry_in = ?wait, "Apply failed; retrying");
         }
+        if ok {
+            // Right after applying: what the cluster looks like now (nothing to heal yet).
+            let checked = self.inspect(channel, &verified.bundle, false).await;
+            state.health = Some(crate::drift::roll_up(&checked.health));
+            state.drift = checked.drift;
+            state.checked = Some(Timestamp::now());
+            self.store.put_channel(channel, &state)?;
+        }
         let mut r = Self::base_report(
             channel,
             if ok {
@@ -401,6 +401,8 @@ impl Agent {
                 ReportOutcome::Failed
             },
         );
+        r.health = state.health.clone().filter(|_| ok);
+        r.drift = if ok { state.drift.clone() } else { Vec::new() };
         r.generation = Some(accepted.generation);
         r.sha256 = Some(accepted.sha256);
         r.commit = accepted.commit.clone();
@@ -410,6 +412,119 @@ impl Agent {
         r.duration_ms = Some(elapsed.as_millis() as u64);
         self.report(r);
         Ok(outcome)
+    }
+
+    /// The accepted bundle of a channel, read from the store and verified again (the store
+    /// is a disk, and disks lie). Expiry is about accepting: the last good state stays
+    /// applicable offline.
+    fn stored_bundle(
+        &self,
+        channel: &str,
+        accepted: &Accepted,
+    ) -> anyhow::Result<skiff_proto::verify::Verified> {
+        let tarball = self.store.bundle(&accepted.sha256)?;
+        let policy = Policy {
+            channel: Some(channel.to_owned()),
+            now: accepted.at,
+            ..Policy::default()
+        };
+        verify_bundle(&self.trust, &accepted.envelope.to_json(), &tarball, &policy)
+            .map_err(|e| anyhow::anyhow!("stored bundle of channel {channel} no longer verifies: {e}"))
+    }
+
+    /// Compares the cluster with a channel's applied bundle; re-applies drifted objects if
+    /// `heal`.
+    async fn inspect(&self, channel: &str, bundle: &skiff_proto::bundle::Bundle, heal: bool) -> Checked {
+        match &self.applier {
+            Applier::Kube(k) => k.check(channel, bundle, heal).await.unwrap_or_else(|o| Checked {
+                errors: o.errors.iter().map(|e| e.message.clone()).collect(),
+                ..Checked::default()
+            }),
+            Applier::Dir(d) => {
+                match objects(bundle, channel, &|api, kind| !builtin_cluster_scoped(api, kind)) {
+                    Ok(objs) => d.check(channel, &objs, heal),
+                    Err(errors) => Checked {
+                        errors: errors.iter().map(ToString::to_string).collect(),
+                        ..Checked::default()
+                    },
+                }
+            }
+        }
+    }
+
+    /// A drift check of one channel; re-applies drifted objects when `heal`, and reports
+    /// when it finds drift or the health changed. Returns what it found.
+    pub async fn check_channel(&self, channel: &str, heal: bool) -> anyhow::Result<Checked> {
+        let _guard = self.apply_lock.lock().await;
+        let mut state = self.store.channel(channel)?;
+        let Some(accepted) = state.accepted.clone() else {
+            return Ok(Checked::default());
+        };
+        if state.applied.as_ref().is_none_or(|a| a.sha256 != accepted.sha256) {
+            return Ok(Checked::default()); // not applied yet: the apply path owns it
+        }
+        let verified = self.stored_bundle(channel, &accepted)?;
+        let checked = self.inspect(channel, &verified.bundle, heal).await;
+        let health = crate::drift::roll_up(&checked.health);
+        let health_changed = state.health.as_ref().map(|h| &h.state) != Some(&health.state);
+        for d in &checked.drift {
+            let paths: Vec<&str> = d.paths.iter().map(|p| p.path.as_str()).collect();
+            warn!(channel, object = %d.object, drift = %d.kind, corrected = d.corrected, ?paths, "Drift");
+        }
+        for e in &checked.errors {
+            warn!(channel, error = %e, "Drift check of an object failed");
+        }
+        if !checked.drift.is_empty() || health_changed {
+            let mut r = Self::base_report(channel, ReportOutcome::Checked);
+            r.generation = Some(accepted.generation);
+            r.sha256 = Some(accepted.sha256);
+            r.commit = accepted.commit.clone();
+            let corrected = checked.drift.iter().filter(|d| d.corrected).count();
+            r.message = Some(format!(
+                "{} drifted object(s), {corrected} corrected; health {}",
+                checked.drift.len(),
+                health.state
+            ));
+            r.drift = checked.drift.clone();
+            r.health = Some(health.clone());
+            self.report(r);
+        }
+        state.drift = checked.drift.iter().filter(|d| !d.corrected).cloned().collect();
+        state.health = Some(health);
+        state.checked = Some(Timestamp::now());
+        self.store.put_channel(channel, &state)?;
+        self.write_snapshot();
+        Ok(checked)
+    }
+
+    /// Every channel, one drift check each, self-heal as configured.
+    pub async fn check_all(&self, heal: Option<bool>) -> Vec<(String, anyhow::Result<Checked>)> {
+        let channels: Vec<String> = self
+            .store
+            .channels()
+            .map(|c| c.into_keys().collect())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for channel in channels {
+            let heal = heal.unwrap_or_else(|| self.config.self_heal_for(&channel));
+            let r = self.check_channel(&channel, heal).await;
+            out.push((channel, r));
+        }
+        out
+    }
+
+    async fn check_drift(self: Arc<Self>) {
+        if self.config.drift_interval.is_zero() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(jitter(self.config.drift_interval)).await;
+            for (channel, r) in self.check_all(None).await {
+                if let Err(error) = r {
+                    warn!(%error, channel = %channel, "Drift check failed");
+                }
+            }
+        }
     }
 
     /// At start: re-apply every channel from the store, hub or no hub.
@@ -595,6 +710,7 @@ impl Agent {
             tokio::spawn(self.clone().send_reports()),
             tokio::spawn(self.clone().watch_imports()),
             tokio::spawn(self.clone().retry_failed()),
+            tokio::spawn(self.clone().check_drift()),
         ];
         shutdown.await;
         for t in tasks {

@@ -51,6 +51,22 @@ pub enum Command {
         /// Its envelope (<sha256>.dsse.json).
         envelope: PathBuf,
     },
+    /// Compare the cluster with what was applied, once, and print the drift (the running
+    /// agent does this every drift_interval). Needs the agent stopped (its store is locked).
+    Check {
+        /// The agent's settings.
+        #[command(flatten)]
+        run: RunArgs,
+        /// Re-apply drifted objects (default: the config's self_heal).
+        #[arg(long, conflicts_with = "no_heal")]
+        heal: bool,
+        /// Only report drift, whatever the config says.
+        #[arg(long)]
+        no_heal: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Reports for an air-gapped hub.
     #[command(subcommand)]
     Report(ReportCommand),
@@ -236,6 +252,51 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     Offered::Rejected(why) => anyhow::bail!("{} rejected: {why}", bundle.display()),
                 }
                 Ok(())
+            })
+        }
+        Command::Check {
+            run,
+            heal,
+            no_heal,
+            output,
+        } => {
+            crate::telemetry::init_logging(false);
+            let mut config = run.load()?;
+            config.hub = None;
+            let heal = if heal {
+                Some(true)
+            } else if no_heal {
+                Some(false)
+            } else {
+                None
+            };
+            runtime()?.block_on(async {
+                let agent = Agent::new(config).await?;
+                let results = agent.check_all(heal).await;
+                let mut report = serde_json::Map::new();
+                for (channel, r) in results {
+                    let checked = r?;
+                    let health = crate::drift::roll_up(&checked.health);
+                    if output == Output::Text {
+                        println!("channel {channel}: {} drifted, health {}", checked.drift.len(), health.state);
+                        for d in &checked.drift {
+                            let paths: Vec<&str> = d.paths.iter().map(|p| p.path.as_str()).collect();
+                            let fixed = if d.corrected { " (corrected)" } else { "" };
+                            println!("  {} {}{fixed}: {}", d.kind, d.object, paths.join(", "));
+                        }
+                        for e in &checked.errors {
+                            println!("  error: {e}");
+                        }
+                    }
+                    report.insert(
+                        channel,
+                        serde_json::json!({"drift": checked.drift, "health": health, "errors": checked.errors}),
+                    );
+                }
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                }
+                anyhow::Ok(())
             })
         }
         Command::Status {

@@ -110,6 +110,28 @@ pub struct AgentConfig {
     /// Reports kept while the hub is unreachable (default 1000).
     #[serde(default = "default_outbox")]
     pub outbox_limit: usize,
+    /// How often to compare the cluster with the applied bundles (default 60s; 0: never).
+    #[serde(default = "default_drift", deserialize_with = "skiff_proto::config::duration")]
+    pub drift_interval: Duration,
+    /// Re-apply drifted objects (default true); per channel in `channels`, per object with
+    /// the annotation `skiff.dev/self-heal: "false"`.
+    #[serde(default = "yes")]
+    pub self_heal: bool,
+    /// Per-channel settings.
+    #[serde(default)]
+    pub channels: std::collections::BTreeMap<String, ChannelSettings>,
+}
+
+/// Settings for one channel.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettings {
+    /// Overrides `self_heal` for this channel.
+    pub self_heal: Option<bool>,
+}
+
+fn default_drift() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn one() -> usize {
@@ -246,6 +268,14 @@ impl AgentConfig {
             ));
         }
         Ok(config)
+    }
+
+    /// Whether drifted objects of `channel` are re-applied.
+    pub fn self_heal_for(&self, channel: &str) -> bool {
+        self.channels
+            .get(channel)
+            .and_then(|c| c.self_heal)
+            .unwrap_or(self.self_heal)
     }
 
     /// For `run`: an agent needs somewhere to get bundles from.

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod drift;
 pub mod source;
 pub mod status;
 pub mod store;

@@ -64,6 +64,8 @@ pub fn print(dir: &Path, json_output: bool) -> anyhow::Result<()> {
             "APPLIED",
             "RESULT",
             "OBJECTS",
+            "DRIFTED",
+            "HEALTH",
             "MESSAGE",
         ]
         .map(str::to_owned)
@@ -85,6 +87,8 @@ pub fn print(dir: &Path, json_output: bool) -> anyhow::Result<()> {
                 None => "-".to_owned(),
             },
             a["objects"].as_u64().map_or("-".to_owned(), |n| n.to_string()),
+            c["drift"].as_array().map_or(0, Vec::len).to_string(),
+            s(&c["health"]["state"]),
             s(&a["message"]),
         ]);
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use skiff_proto::Sha256Digest;
-use skiff_proto::api::{ObjectRef, Report};
+use skiff_proto::api::{Drift, Health, ObjectRef, Report};
 use skiff_proto::dsse::Envelope;
 use skiff_proto::statement::Timestamp;
 
@@ -76,6 +76,15 @@ pub struct ChannelState {
     /// What the last successful apply left in the cluster (what a later prune removes).
     #[serde(default)]
     pub inventory: Vec<ObjectRef>,
+    /// Drift found by the last check.
+    #[serde(default)]
+    pub drift: Vec<Drift>,
+    /// Health found by the last check.
+    #[serde(default)]
+    pub health: Option<Health>,
+    /// When the last check ran.
+    #[serde(default)]
+    pub checked: Option<Timestamp>,
 }
 
 /// The store.

@@ -7,9 +7,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use skiff_proto::api::{ObjectError, ObjectRef};
+use skiff_proto::api::{Drift, ObjectError, ObjectRef};
 
-use super::{Desired, Outcome, prune_set};
+use super::{Checked, Desired, Outcome, prune_set};
 
 /// The `dir` applier.
 #[derive(Clone, Debug)]
@@ -32,14 +32,48 @@ impl DirApplier {
             .join(format!("{}.{}.yaml", id.kind.to_lowercase(), id.name))
     }
 
+    fn text(o: &Desired) -> String {
+        let mut text = serde_json::to_string_pretty(&o.value).expect("serializes");
+        text.push('\n');
+        text
+    }
+
+    /// Compares each object's file with what skiff wrote; rewrites drifted ones when
+    /// `heal` allows. Files carry no status, so every object counts as healthy.
+    pub fn check(&self, channel: &str, objects: &[Desired], heal: bool) -> Checked {
+        let mut checked = Checked::default();
+        for o in objects {
+            let path = self.path_of(channel, &o.id);
+            let want = Self::text(o);
+            let kind = match std::fs::read(&path) {
+                Err(_) => Some("missing"),
+                Ok(b) if b != want.as_bytes() => Some("modified"),
+                Ok(_) => None,
+            };
+            checked.health.push((o.id.clone(), "Healthy", None));
+            let Some(kind) = kind else { continue };
+            let heal = heal && !crate::drift::self_heal_disabled(&o.value);
+            let corrected = heal && write_atomic(&path, want.as_bytes()).is_ok();
+            checked.drift.push(Drift {
+                object: o.id.clone(),
+                kind: kind.to_owned(),
+                paths: vec![skiff_proto::api::DriftPath {
+                    path: path.display().to_string(),
+                    desired: None,
+                    live: None,
+                }],
+                corrected,
+            });
+        }
+        checked
+    }
+
     /// Writes every object, then removes what `previous` had and `objects` lack.
     pub fn apply(&self, channel: &str, objects: &[Desired], previous: &[ObjectRef]) -> Outcome {
         let mut outcome = Outcome::default();
         for o in objects {
             let path = self.path_of(channel, &o.id);
-            let mut text = serde_json::to_string_pretty(&o.value).expect("serializes");
-            text.push('\n');
-            match write_atomic(&path, text.as_bytes()) {
+            match write_atomic(&path, Self::text(o).as_bytes()) {
                 Ok(()) => outcome.applied.push(o.id.clone()),
                 Err(e) => outcome.errors.push(ObjectError {
                     object: o.id.clone(),

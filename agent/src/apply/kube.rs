@@ -12,10 +12,10 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use serde_json::{Value, json};
-use skiff_proto::api::{ObjectError, ObjectRef};
+use skiff_proto::api::{Drift, ObjectError, ObjectRef};
 use skiff_proto::bundle::Bundle;
 
-use super::{Desired, Outcome, objects, plan, prunable, prune_set, unreadable};
+use super::{Checked, Desired, Health1, Outcome, objects, plan, prunable, prune_set, unreadable};
 
 /// Field manager of every apply.
 pub const FIELD_MANAGER: &str = "skiff";
@@ -135,15 +135,9 @@ impl KubeApplier {
         }
     }
 
-    /// Applies a bundle's objects for `channel`, then prunes what `previous` had and the
-    /// bundle lacks (only when everything applied).
-    pub async fn apply(&self, channel: &str, bundle: &Bundle, previous: &[ObjectRef]) -> Outcome {
-        let mut outcome = Outcome::default();
-        // Scopes: from discovery, or from CRDs in this very bundle for kinds they define.
-        let first = match objects(bundle, channel, &|_, _| true) {
-            Ok(o) => o,
-            Err(errors) => return unreadable(errors),
-        };
+    /// The bundle's objects, scoped through discovery (or the bundle's own CRDs).
+    async fn desired_objects(&self, channel: &str, bundle: &Bundle) -> Result<Vec<Desired>, Outcome> {
+        let first = objects(bundle, channel, &|_, _| true).map_err(unreadable)?;
         let mut scopes: BTreeMap<(String, String), bool> = BTreeMap::new();
         for o in &first {
             if o.id.kind == "CustomResourceDefinition" {
@@ -180,14 +174,22 @@ impl KubeApplier {
                 scopes.insert(key, caps.scope == Scope::Namespaced);
             }
         }
-        let all = match objects(bundle, channel, &|api, kind| {
+        objects(bundle, channel, &|api, kind| {
             scopes
                 .get(&(api.to_owned(), kind.to_owned()))
                 .copied()
                 .unwrap_or(true)
-        }) {
-            Ok(o) => o,
-            Err(errors) => return unreadable(errors),
+        })
+        .map_err(unreadable)
+    }
+
+    /// Applies a bundle's objects for `channel`, then prunes what `previous` had and the
+    /// bundle lacks (only when everything applied).
+    pub async fn apply(&self, channel: &str, bundle: &Bundle, previous: &[ObjectRef]) -> Outcome {
+        let mut outcome = Outcome::default();
+        let all = match self.desired_objects(channel, bundle).await {
+            Ok(all) => all,
+            Err(o) => return o,
         };
 
         for group in plan(all) {
@@ -240,6 +242,79 @@ impl KubeApplier {
             }
         }
         outcome
+    }
+
+    /// Compares every object of the bundle with the cluster (server-side dry-run apply vs
+    /// live), re-applies drifted ones when `heal` allows, and reads their health.
+    pub async fn check(&self, channel: &str, bundle: &Bundle, heal: bool) -> Result<Checked, Outcome> {
+        let all = self.desired_objects(channel, bundle).await?;
+        let results: Vec<Result<(Option<Drift>, Health1), Failure>> = futures_util::stream::iter(all)
+            .map(|o| async move { self.check_one(&o, heal).await })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut checked = Checked::default();
+        for r in results {
+            match r {
+                Ok((drift, health)) => {
+                    checked.drift.extend(drift);
+                    checked.health.push(health);
+                }
+                Err((message, _)) => checked.errors.push(message),
+            }
+        }
+        checked.drift.sort_by(|a, b| a.object.cmp(&b.object));
+        Ok(checked)
+    }
+
+    async fn check_one(&self, o: &Desired, heal: bool) -> Result<(Option<Drift>, Health1), Failure> {
+        let (ar, caps) = self
+            .resolve(&o.id.api_version, &o.id.kind)
+            .await
+            .map_err(|e| describe(&e))?;
+        let api = self.api(&ar, &caps, o.id.namespace.as_deref());
+        let heal = heal && !crate::drift::self_heal_disabled(&o.value);
+        let Some(live) = api.get_opt(&o.id.name).await.map_err(|e| describe(&e))? else {
+            if heal {
+                self.apply_one(o).await?;
+            }
+            let health = (o.id.clone(), "Progressing", Some("missing".to_owned()));
+            return Ok((
+                Some(Drift {
+                    object: o.id.clone(),
+                    kind: "missing".into(),
+                    paths: Vec::new(),
+                    corrected: heal,
+                }),
+                health,
+            ));
+        };
+        let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+        let mut params = PatchParams::apply(FIELD_MANAGER).dry_run();
+        params.force = self.force;
+        let dry = api
+            .patch(&o.id.name, &params, &Patch::Apply(&o.value))
+            .await
+            .map_err(|e| describe(&e))?;
+        let dry = serde_json::to_value(&dry).unwrap_or(Value::Null);
+        let paths = crate::drift::diff(&dry, &live, &o.id.kind);
+        let (state, reason) = crate::drift::object_health(&live);
+        let health = (o.id.clone(), state, reason);
+        if paths.is_empty() {
+            return Ok((None, health));
+        }
+        if heal {
+            self.apply_one(o).await?;
+        }
+        Ok((
+            Some(Drift {
+                object: o.id.clone(),
+                kind: "modified".into(),
+                paths,
+                corrected: heal,
+            }),
+            health,
+        ))
     }
 
     /// Deletes one object if it still carries this channel's label and is not protected.

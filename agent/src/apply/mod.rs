@@ -7,7 +7,7 @@ pub mod kube;
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use skiff_proto::api::{ObjectError, ObjectRef};
+use skiff_proto::api::{Drift, ObjectError, ObjectRef};
 use skiff_proto::bundle::Bundle;
 use skiff_proto::manifest::{ManifestError, parse_objects};
 
@@ -40,6 +40,20 @@ pub struct Outcome {
     pub pruned: Vec<ObjectRef>,
     /// Whether an error was transient (network, 429, 5xx): retry soon.
     pub transient: bool,
+}
+
+/// One object's health: its identity, state and reason.
+pub type Health1 = (ObjectRef, &'static str, Option<String>);
+
+/// What a drift check found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Drifted objects.
+    pub drift: Vec<Drift>,
+    /// Each object's health.
+    pub health: Vec<Health1>,
+    /// Objects that could not be checked.
+    pub errors: Vec<String>,
 }
 
 /// Kinds that are cluster-scoped among the built-in ones (used where no discovery is at

@@ -1,0 +1,169 @@
+//! Drift detection, self-heal and health with the kube target against the Kubernetes API
+//! test server (or a real cluster): hand edits are drift with their paths, server defaults
+//! and other managers' fields are not, deleted objects come back, health follows status.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use skiff_tests::agent::{agent, write_config};
+use skiff_tests::cluster::TestCluster;
+use skiff_tests::{examples_dir, run_bin};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    config: PathBuf,
+}
+
+fn setup(c: &TestCluster) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    run_bin("skiff-hub", &["keygen", "--out", s(&tmp.path().join("keys"))]).success();
+    let config = write_config(
+        &tmp.path().join("agent"),
+        "edge-1",
+        &tmp.path().join("keys/signing.pub.pem"),
+        "kube",
+        &format!("kubeconfig: {}\n", c.kubeconfig().display()),
+    );
+    let out = tmp.path().join("out");
+    let digest = run_bin(
+        "skiff-hub",
+        &[
+            "bundle",
+            "build",
+            "--dir",
+            s(&examples_dir().join("apps")),
+            "--channel",
+            "demo",
+            "--generation",
+            "1",
+            "--namespace",
+            "demo",
+            "--key",
+            s(&tmp.path().join("keys/signing.pem")),
+            "--out",
+            s(&out),
+        ],
+    )
+    .success()
+    .stdout
+    .trim()
+    .to_owned();
+    let b = out.join(format!("{digest}.tar.gz"));
+    let e = out.join(format!("{digest}.dsse.json"));
+    agent(&["import", "--config", s(&config), s(&b), s(&e)]).success();
+    Setup { _tmp: tmp, config }
+}
+
+fn check(st: &Setup, heal: &str) -> Value {
+    let run = agent(&["check", "--config", s(&st.config), heal, "--output", "json"]).success();
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn hand_edits_are_drift_defaults_and_other_managers_are_not_and_self_heal_corrects() {
+    let c = TestCluster::start().await;
+    let st = setup(&c);
+    // Server-defaulted fields (strategy, imagePullPolicy, …) are no drift.
+    let first = check(&st, "--no-heal");
+    assert_eq!(first["demo"]["drift"], json!([]), "{first}");
+
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    // Another manager sets a field skiff never set: not drift.
+    let other = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "annotations": {"team": "ops"}}, "spec": {"minReadySeconds": 5}});
+    deployments
+        .patch("web", &PatchParams::apply("ops-tool"), &Patch::Apply(&other))
+        .await
+        .unwrap();
+    assert_eq!(check(&st, "--no-heal")["demo"]["drift"], json!([]));
+
+    // A hand edit of a field skiff set: drift, with path and both values; only reported.
+    let edit = json!({"spec": {"replicas": 5}});
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    let found = check(&st, "--no-heal");
+    let drift = &found["demo"]["drift"];
+    assert_eq!(drift.as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(drift[0]["object"]["name"], "web");
+    assert_eq!(drift[0]["kind"], "modified");
+    assert_eq!(drift[0]["corrected"], false);
+    assert_eq!(
+        drift[0]["paths"],
+        json!([{"path": ".spec.replicas", "desired": 2, "live": 5}])
+    );
+    assert_eq!(
+        deployments.get("web").await.unwrap().spec.unwrap().replicas,
+        Some(5),
+        "not healed"
+    );
+
+    // Self-heal puts it back.
+    let healed = check(&st, "--heal");
+    assert_eq!(healed["demo"]["drift"][0]["corrected"], true, "{healed}");
+    assert_eq!(
+        deployments.get("web").await.unwrap().spec.unwrap().replicas,
+        Some(2)
+    );
+    assert_eq!(check(&st, "--no-heal")["demo"]["drift"], json!([]));
+
+    // A deleted object is drift (missing) and comes back.
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "demo");
+    cms.delete("web-config", &DeleteParams::default()).await.unwrap();
+    let missing = check(&st, "--heal");
+    assert_eq!(missing["demo"]["drift"][0]["kind"], "missing", "{missing}");
+    assert!(cms.get_opt("web-config").await.unwrap().is_some(), "recreated");
+}
+
+#[tokio::test]
+async fn health_follows_the_deployment_status_like_a_controller_sets_it() {
+    let c = TestCluster::start().await;
+    if c.server.is_none() {
+        return; // on a real cluster the controller owns the status
+    }
+    let st = setup(&c);
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    let health = |v: &Value| {
+        v["demo"]["health"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        health(&check(&st, "--no-heal")),
+        "Progressing",
+        "no rollout observed yet"
+    );
+
+    let generation = deployments.get("web").await.unwrap().metadata.generation.unwrap();
+    let rolled_out = json!({"status": {"observedGeneration": generation, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
+    deployments
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&rolled_out))
+        .await
+        .unwrap();
+    assert_eq!(health(&check(&st, "--no-heal")), "Healthy");
+
+    let stuck = json!({"status": {"readyReplicas": 1, "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet web has timed out progressing"}]}});
+    deployments
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&stuck))
+        .await
+        .unwrap();
+    let degraded = check(&st, "--no-heal");
+    assert_eq!(health(&degraded), "Degraded");
+    assert!(
+        degraded["demo"]["health"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ProgressDeadlineExceeded"),
+        "{degraded}"
+    );
+    let status = agent(&["status", "--config", s(&st.config)]).success();
+    assert!(status.stdout.contains("Degraded"), "{}", status.stdout);
+}
