@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
-# skiff quickstart: from this repository alone, make a fleet Git repo out of
-# deploy/examples/, generate a signing key, build a signed bundle from a commit, inspect it,
-# and verify and extract it as an agent would. Needs cargo and git; no cluster.
+# skiff quickstart: a working local fleet from this repository alone.
 #
-# Usage: deploy/quickstart.sh [WORKDIR]   (default: a new temporary folder)
+# Builds skiff, makes a Git repository out of deploy/examples/, generates a signing key and
+# an admin token, starts a hub on loopback following that repository, registers one
+# cluster, and starts its agent: with the `dir` target (files under WORKDIR/cluster), or
+# the `kube` target when KUBECONFIG names a cluster. Then it tells you what to try.
+# Ctrl-C stops everything.
+#
+# Usage: deploy/quickstart.sh [WORKDIR]     (default: a new temporary folder)
+#        KUBECONFIG=~/.kube/config deploy/quickstart.sh   (apply to a real cluster)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$(mktemp -d -t skiff-quickstart.XXXXXX)}
 mkdir -p "$work"
+work=$(cd "$work" && pwd)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo
+  echo "stopped; everything is still in $work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -18,37 +33,94 @@ hub="$root/target/release/skiff-hub"
 agent="$root/target/release/skiff-agent"
 
 say "Making a fleet repository from deploy/examples in $work/fleet"
-rm -rf "$work/fleet"
-git init --quiet --initial-branch=main "$work/fleet"
-cp -R "$root/deploy/examples/apps" "$work/fleet/"
-git -C "$work/fleet" add --all
-git -C "$work/fleet" -c user.name=skiff -c user.email=skiff@localhost commit --quiet -m "example fleet"
+if [ ! -d "$work/fleet/.git" ]; then
+  git init --quiet --initial-branch=main "$work/fleet"
+  cp -R "$root/deploy/examples/apps" "$work/fleet/"
+  git -C "$work/fleet" add --all
+  git -C "$work/fleet" -c user.name=skiff -c user.email=skiff@localhost commit --quiet -m "example fleet"
+fi
 git -C "$work/fleet" log --oneline -1
 
-say "Generating a signing key pair in $work/keys"
-if [ ! -f "$work/keys/signing.pem" ]; then
-  "$hub" keygen --out "$work/keys"
+say "Keys and tokens"
+[ -f "$work/keys/signing.pem" ] || "$hub" keygen --out "$work/keys" >/dev/null
+[ -f "$work/admin.token" ] || head -c 24 /dev/urandom | base64 | tr -d '\n' > "$work/admin.token"
+echo "signing key $work/keys/signing.pem, admin token $work/admin.token"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat > "$work/hub.yaml" <<EOF
+listen: 127.0.0.1:$port
+data_dir: $work/hub-data
+signing_key: $work/keys/signing.pem
+admin_token_file: $work/admin.token
+repos:
+  - {name: fleet, url: "$work/fleet", poll: 2s}
+channels:
+  - {name: demo, repo: fleet, branch: main, path: apps, namespace: demo, targets: {labels: {env: dev}}}
+EOF
+
+say "Starting the hub on http://127.0.0.1:$port (log: $work/hub.log)"
+SKIFF_LOG=info "$hub" serve --config "$work/hub.yaml" 2>"$work/hub.log" &
+pids+=($!)
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+export SKIFF_HUB_URL="http://127.0.0.1:$port" SKIFF_ADMIN_TOKEN_FILE="$work/admin.token"
+
+say "Registering cluster 'laptop' (label env=dev)"
+if [ ! -f "$work/laptop.token" ]; then
+  "$hub" cluster add laptop --label env=dev > "$work/laptop.token"
 fi
 
-say "Building a signed bundle from main:apps for channel 'demo'"
-digest=$("$hub" bundle build --repo "$work/fleet" --rev main --path apps --channel demo \
-  --generation 1 --namespace demo --key "$work/keys/signing.pem" --out "$work/out")
+if [ -n "${KUBECONFIG:-}" ]; then
+  target="kube"
+  extra="kubeconfig: ${KUBECONFIG%%:*}"
+  where="the cluster in $KUBECONFIG (namespace demo)"
+else
+  target="dir:$work/cluster"
+  extra=""
+  where="$work/cluster/demo/"
+fi
+cat > "$work/agent.yaml" <<EOF
+hub: http://127.0.0.1:$port
+cluster: laptop
+token_file: $work/laptop.token
+trusted_keys: [$work/keys/signing.pub.pem]
+data_dir: $work/agent-data
+target: $target
+long_poll_wait: 30s
+drift_interval: 5s
+$extra
+EOF
 
-say "Inspecting it (structure only, no trust)"
-"$hub" bundle inspect "$work/out/$digest.tar.gz"
-
-say "Verifying it with the public key, as an agent does, and extracting it"
-rm -rf "$work/extracted"
-"$agent" bundle verify --key "$work/keys/signing.pub.pem" --extract "$work/extracted" \
-  "$work/out/$digest.tar.gz" "$work/out/$digest.dsse.json"
-find "$work/extracted" -type f | sort
+say "Starting the agent (target $target; log: $work/agent.log)"
+rm -f "$work/agent-data/status.json"
+SKIFF_LOG=info "$agent" run --config "$work/agent.yaml" 2>"$work/agent.log" &
+pids+=($!)
+for _ in $(seq 300); do
+  grep -q '"ok": true' "$work/agent-data/status.json" 2>/dev/null && break
+  sleep 0.1
+done
+"$agent" status --data-dir "$work/agent-data" || true
+echo
+"$hub" status
 
 cat <<EOT
 
-Done. Everything is in $work. Things to try:
-  - Tamper with the bundle and watch verification refuse it:
-      printf x | dd of=$work/out/$digest.tar.gz bs=1 seek=100 conv=notrunc status=none
-      $agent bundle verify --key $work/keys/signing.pub.pem $work/out/$digest.tar.gz $work/out/$digest.dsse.json
-  - Commit a change in $work/fleet and build generation 2; the same commit always gives
-    the same bundle bytes (compare the digests).
+skiff is running: the hub follows $work/fleet (branch main, folder apps), signs each new
+commit, and the agent applies it to $where.
+
+Things to try (in another terminal):
+  - Drift: edit or delete an applied object, e.g.
+      echo '{}' > $work/cluster/demo/demo/configmap.web-config.yaml
+    within a few seconds the agent notices and puts it back (see $work/agent.log).
+  - Roll out: change the fleet and commit, e.g.
+      sed -i 's/replicas: 2/replicas: 3/' $work/fleet/apps/web/deployment.yaml
+      git -C $work/fleet commit -qam "3 replicas"
+    the hub builds generation 2 within its 2s poll; the agent applies it.
+  - Status: SKIFF_HUB_URL=$SKIFF_HUB_URL SKIFF_ADMIN_TOKEN_FILE=$work/admin.token $hub status
+            $agent status --data-dir $work/agent-data
+
+Ctrl-C stops the hub and the agent.
 EOT
+wait

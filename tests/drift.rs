@@ -167,3 +167,104 @@ async fn health_follows_the_deployment_status_like_a_controller_sets_it() {
     let status = agent(&["status", "--config", s(&st.config)]).success();
     assert!(status.stdout.contains("Degraded"), "{}", status.stdout);
 }
+
+/// Hub and agent as real processes, the API test server as the cluster: a commit is
+/// applied, a hand edit is corrected (self-heal on) or only reported (off), health follows
+/// status, and `skiff-hub status --output json` shows all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_drift_and_health_visible_in_hub_status() {
+    use std::time::Duration;
+
+    use skiff_tests::GitRepo;
+    use skiff_tests::agent::AgentProcess;
+    use skiff_tests::cluster::eventually;
+    use skiff_tests::hub::HubProcess;
+
+    let c = TestCluster::start().await;
+    if c.server.is_none() {
+        return; // the controller, not the test, sets status on a real cluster
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = GitRepo::init(&tmp.path().join("fleet"));
+    repo.copy_dir(&examples_dir().join("apps"), "apps");
+    repo.commit_all("fleet");
+    let hub = HubProcess::start(
+        &tmp.path().join("hub"),
+        &format!(
+            "repos:\n  - {{name: fleet, url: \"{}\", poll: 1s}}\nchannels:\n  - {{name: demo, repo: fleet, branch: main, path: apps, namespace: demo, targets: {{clusters: [edge-1]}}}}\n",
+            repo.path().display()
+        ),
+    );
+    let token = hub.add_cluster("edge-1", &[]);
+    std::fs::write(tmp.path().join("token"), &token).unwrap();
+    let config = write_config(
+        &tmp.path().join("agent"),
+        "edge-1",
+        &hub.public_key(),
+        "kube",
+        &format!(
+            "hub: {}\ntoken_file: {}\nkubeconfig: {}\ndrift_interval: 1s\n",
+            hub.url(),
+            tmp.path().join("token").display(),
+            c.kubeconfig().display()
+        ),
+    );
+    let agent_proc = AgentProcess::start(&config);
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    let applied = eventually(Duration::from_secs(30), || async {
+        deployments.get_opt("web").await.is_ok_and(|d| d.is_some())
+    })
+    .await;
+    assert!(applied, "{}", agent_proc.log());
+
+    let status = || -> Value {
+        serde_json::from_str(&hub.admin(&["status", "--output", "json"]).success().stdout).unwrap()
+    };
+    let channel = |v: &Value| v["clusters"][0]["channels"][0].clone();
+
+    // Hand edit: corrected by self-heal, and the hub hears of it.
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 7}})),
+        )
+        .await
+        .unwrap();
+    let healed = eventually(Duration::from_secs(30), || async {
+        deployments
+            .get("web")
+            .await
+            .is_ok_and(|d| d.spec.unwrap().replicas == Some(2))
+    })
+    .await;
+    assert!(healed, "{}", agent_proc.log());
+    let heard = eventually(Duration::from_secs(30), || async {
+        channel(&status())["corrected"] == 1
+    })
+    .await;
+    assert!(heard, "{}", status());
+
+    // Health: the test sets the rollout status like the controller would.
+    let generation = deployments.get("web").await.unwrap().metadata.generation.unwrap();
+    let done = json!({"status": {"observedGeneration": generation, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}});
+    deployments
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&done))
+        .await
+        .unwrap();
+    let healthy = eventually(Duration::from_secs(30), || async {
+        channel(&status())["health"] == "Healthy"
+    })
+    .await;
+    assert!(healthy, "{}", status());
+    let metrics = std::process::Command::new("curl")
+        .arg("-sf")
+        .arg(format!("{}/metrics", hub.url()))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("skiff_hub_cluster_unhealthy_channels{cluster=\"edge-1\"} 0"),
+        "{metrics}"
+    );
+}

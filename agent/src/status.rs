@@ -11,6 +11,9 @@ use crate::config::AgentConfig;
 use crate::store::Store;
 
 fn from_store(dir: &Path) -> anyhow::Result<Value> {
+    if dir.join("status.json").exists() && Store::in_use(dir) {
+        anyhow::bail!("the agent is running");
+    }
     let store = Store::open(dir)?;
     Ok(json!({
         "channels": store.channels()?,

@@ -104,7 +104,22 @@ impl Store {
             message: m,
         };
         std::fs::create_dir_all(&bundles).map_err(|e| err(format!("creating {}: {e}", bundles.display())))?;
-        let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
+        // `skiff-agent status` may hold the store for a moment: wait for it (briefly).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match Database::create(&path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(err(
+                        "in use by another process (is an agent running with this data_dir?)".to_owned(),
+                    ));
+                }
+                Err(e) => return Err(err(e.to_string())),
+            }
+        };
         let store = Self { db, path, bundles };
         store.write(|t| {
             t.open_table(CHANNELS)?;
@@ -118,6 +133,14 @@ impl Store {
             store.set_meta("instance", skiff_proto::digest::hex(&id).as_bytes())?;
         }
         Ok(store)
+    }
+
+    /// Whether another process (a running agent) holds the store in `data_dir`.
+    pub fn in_use(data_dir: &Path) -> bool {
+        matches!(
+            Database::create(data_dir.join("agent.redb")),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+        )
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {

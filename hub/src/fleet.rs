@@ -78,8 +78,11 @@ pub struct ClusterChannelStatus {
     pub result: Option<String>,
     /// Its message.
     pub message: Option<String>,
-    /// Drifted objects in the latest report.
+    /// Drifted objects in the latest report that self-heal did not correct.
     pub drifted: usize,
+    /// Drifted objects in the latest report that self-heal corrected.
+    #[serde(default)]
+    pub corrected: usize,
     /// Health in the latest report.
     pub health: Option<String>,
     /// When the agent reported.
@@ -481,7 +484,8 @@ impl Fleet {
                                 .and_then(|r| r.generation),
                             result: report.map(|r| format!("{:?}", r.outcome).to_lowercase()),
                             message: report.and_then(|r| r.message.clone()),
-                            drifted: report.map_or(0, |r| r.drift.len()),
+                            drifted: report.map_or(0, |r| r.drift.iter().filter(|d| !d.corrected).count()),
+                            corrected: report.map_or(0, |r| r.drift.iter().filter(|d| d.corrected).count()),
                             health: report.and_then(|r| r.health.as_ref().map(|h| h.state.clone())),
                             reported: report.map(|r| r.time),
                         }

@@ -236,7 +236,11 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
                     opt(ch.desired_generation),
                     opt(ch.applied_generation),
                     ch.result.clone().unwrap_or_else(|| "-".to_owned()),
-                    ch.drifted.to_string(),
+                    if ch.corrected > 0 {
+                        format!("{} ({} healed)", ch.drifted, ch.corrected)
+                    } else {
+                        ch.drifted.to_string()
+                    },
                     ch.health.clone().unwrap_or_else(|| "-".to_owned()),
                 ],
             }
