@@ -387,7 +387,9 @@ impl Agent {
         }
         if ok {
             // Right after applying: what the cluster looks like now (nothing to heal yet).
-            let checked = self.inspect(channel, &verified.bundle, false).await;
+            let checked = self
+                .inspect(channel, &verified.bundle, false, &state.inventory)
+                .await;
             state.health = Some(crate::drift::roll_up(&checked.health));
             state.drift = checked.drift;
             state.checked = Some(Timestamp::now());
@@ -434,7 +436,22 @@ impl Agent {
 
     /// Compares the cluster with a channel's applied bundle; re-applies drifted objects if
     /// `heal`.
-    async fn inspect(&self, channel: &str, bundle: &skiff_proto::bundle::Bundle, heal: bool) -> Checked {
+    async fn inspect(
+        &self,
+        channel: &str,
+        bundle: &skiff_proto::bundle::Bundle,
+        heal: bool,
+        inventory: &[ObjectRef],
+    ) -> Checked {
+        let mut checked = self.inspect_all(channel, bundle, heal).await;
+        // Objects that never applied (their apply failed, and was reported) are not drift.
+        let applied: std::collections::BTreeSet<&ObjectRef> = inventory.iter().collect();
+        checked.drift.retain(|d| applied.contains(&d.object));
+        checked.health.retain(|h| applied.contains(&h.0));
+        checked
+    }
+
+    async fn inspect_all(&self, channel: &str, bundle: &skiff_proto::bundle::Bundle, heal: bool) -> Checked {
         match &self.applier {
             Applier::Kube(k) => k.check(channel, bundle, heal).await.unwrap_or_else(|o| Checked {
                 errors: o.errors.iter().map(|e| e.message.clone()).collect(),
@@ -464,7 +481,9 @@ impl Agent {
             return Ok(Checked::default()); // not applied yet: the apply path owns it
         }
         let verified = self.stored_bundle(channel, &accepted)?;
-        let checked = self.inspect(channel, &verified.bundle, heal).await;
+        let checked = self
+            .inspect(channel, &verified.bundle, heal, &state.inventory)
+            .await;
         let health = crate::drift::roll_up(&checked.health);
         let health_changed = state.health.as_ref().map(|h| &h.state) != Some(&health.state);
         for d in &checked.drift {

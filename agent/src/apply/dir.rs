@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use skiff_proto::api::{Drift, ObjectError, ObjectRef};
 
-use super::{Checked, Desired, Outcome, prune_set};
+use super::{Checked, Desired, Outcome, prune_set, split_duplicates};
 
 /// The `dir` applier.
 #[derive(Clone, Debug)]
@@ -42,7 +42,8 @@ impl DirApplier {
     /// `heal` allows. Files carry no status, so every object counts as healthy.
     pub fn check(&self, channel: &str, objects: &[Desired], heal: bool) -> Checked {
         let mut checked = Checked::default();
-        for o in objects {
+        let (objects, _duplicates) = split_duplicates(objects.to_vec());
+        for o in &objects {
             let path = self.path_of(channel, &o.id);
             let want = Self::text(o);
             let kind = match std::fs::read(&path) {
@@ -71,7 +72,8 @@ impl DirApplier {
     /// Writes every object, then removes what `previous` had and `objects` lack.
     pub fn apply(&self, channel: &str, objects: &[Desired], previous: &[ObjectRef]) -> Outcome {
         let mut outcome = Outcome::default();
-        for o in objects {
+        let (objects, duplicates) = split_duplicates(objects.to_vec());
+        for o in &objects {
             let path = self.path_of(channel, &o.id);
             match write_atomic(&path, Self::text(o).as_bytes()) {
                 Ok(()) => outcome.applied.push(o.id.clone()),
@@ -81,6 +83,7 @@ impl DirApplier {
                 }),
             }
         }
+        outcome.errors.extend(duplicates);
         if outcome.errors.is_empty() {
             for gone in prune_set(previous, &outcome.applied) {
                 let path = self.path_of(channel, &gone);

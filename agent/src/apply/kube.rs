@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use skiff_proto::api::{Drift, ObjectError, ObjectRef};
 use skiff_proto::bundle::Bundle;
 
-use super::{Checked, Desired, Health1, Outcome, objects, plan, prunable, prune_set, unreadable};
+use super::{
+    Checked, Desired, Health1, Outcome, objects, plan, prunable, prune_set, split_duplicates, unreadable,
+};
 
 /// Field manager of every apply.
 pub const FIELD_MANAGER: &str = "skiff";
@@ -191,6 +193,8 @@ impl KubeApplier {
             Ok(all) => all,
             Err(o) => return o,
         };
+        // Objects defined twice are errors, reported after the rest is applied (no prune).
+        let (all, duplicates) = split_duplicates(all);
 
         for group in plan(all) {
             let results: Vec<(ObjectRef, Result<(), Failure>)> = futures_util::stream::iter(group.clone())
@@ -228,6 +232,10 @@ impl KubeApplier {
             }
         }
 
+        if !duplicates.is_empty() {
+            outcome.errors.extend(duplicates);
+            return outcome;
+        }
         for gone in prune_set(previous, &outcome.applied) {
             match self.prune_one(channel, &gone).await {
                 Ok(true) => outcome.pruned.push(gone),
@@ -247,7 +255,7 @@ impl KubeApplier {
     /// Compares every object of the bundle with the cluster (server-side dry-run apply vs
     /// live), re-applies drifted ones when `heal` allows, and reads their health.
     pub async fn check(&self, channel: &str, bundle: &Bundle, heal: bool) -> Result<Checked, Outcome> {
-        let all = self.desired_objects(channel, bundle).await?;
+        let (all, _duplicates) = split_duplicates(self.desired_objects(channel, bundle).await?);
         let results: Vec<Result<(Option<Drift>, Health1), Failure>> = futures_util::stream::iter(all)
             .map(|o| async move { self.check_one(&o, heal).await })
             .buffer_unordered(CONCURRENCY)

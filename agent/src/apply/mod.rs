@@ -27,6 +27,8 @@ pub struct Desired {
     pub value: Value,
     /// Its wave.
     pub wave: i64,
+    /// Where it was read (file, document, line).
+    pub origin: String,
 }
 
 /// The result of applying a bundle.
@@ -143,12 +145,37 @@ pub fn objects(
                         },
                         value,
                         wave,
+                        origin: o.origin.to_string(),
                     });
                 }
             }
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// Splits off objects defined more than once in a bundle: which copy should win is not
+/// skiff's to guess, so none is applied and each such object is an error naming where its
+/// copies are. (Two copies that differ would also be endless drift.)
+pub fn split_duplicates(objects: Vec<Desired>) -> (Vec<Desired>, Vec<ObjectError>) {
+    let mut seen: std::collections::BTreeMap<ObjectRef, Vec<String>> = std::collections::BTreeMap::new();
+    for o in &objects {
+        seen.entry(o.id.clone()).or_default().push(o.origin.clone());
+    }
+    let errors = seen
+        .iter()
+        .filter(|(_, origins)| origins.len() > 1)
+        .map(|(id, origins)| ObjectError {
+            object: id.clone(),
+            message: format!(
+                "defined {} times in the bundle ({}); none applied",
+                origins.len(),
+                origins.join("; ")
+            ),
+        })
+        .collect();
+    let unique = objects.into_iter().filter(|o| seen[&o.id].len() == 1).collect();
+    (unique, errors)
 }
 
 /// The apply phase of an object within its wave: Namespaces and CRDs, then other
@@ -233,7 +260,25 @@ mod tests {
             id,
             value: Value::Null,
             wave,
+            origin: "test".into(),
         }
+    }
+
+    #[test]
+    fn objects_defined_twice_are_errors_and_the_rest_goes_on() {
+        let a = r("v1", "ConfigMap", Some("x"), "a");
+        let b = r("v1", "ConfigMap", Some("x"), "b");
+        let mut twice = d(a.clone(), 0);
+        twice.origin = "other.yaml: document 2 (line 9)".into();
+        let (unique, errors) = split_duplicates(vec![d(a.clone(), 0), d(b.clone(), 0), twice]);
+        assert_eq!(unique.iter().map(|o| o.id.clone()).collect::<Vec<_>>(), vec![b]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].object, a);
+        assert!(
+            errors[0].message.contains("defined 2 times") && errors[0].message.contains("other.yaml"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]
