@@ -386,12 +386,22 @@ impl Agent {
             warn!(channel, generation = accepted.generation, error = %message, retry_in = ?wait, "Apply failed; retrying");
         }
         if ok {
-            // Right after applying: what the cluster looks like now (nothing to heal yet).
-            let checked = self
-                .inspect(channel, &verified.bundle, false, &state.inventory)
-                .await;
-            state.health = Some(crate::drift::roll_up(&checked.health));
-            state.drift = checked.drift;
+            // Right after applying: the objects' health (no drift yet: skiff just wrote them).
+            let checked = match &self.applier {
+                Applier::Kube(k) => k.health(channel, &verified.bundle).await.unwrap_or_default(),
+                Applier::Dir(_) => {
+                    self.inspect(channel, &verified.bundle, false, &state.inventory)
+                        .await
+                }
+            };
+            let applied: std::collections::BTreeSet<&ObjectRef> = state.inventory.iter().collect();
+            let health: Vec<_> = checked
+                .health
+                .into_iter()
+                .filter(|h| applied.contains(&h.0))
+                .collect();
+            state.health = Some(crate::drift::roll_up(&health));
+            state.drift = Vec::new();
             state.checked = Some(Timestamp::now());
             self.store.put_channel(channel, &state)?;
         }

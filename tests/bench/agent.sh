@@ -96,3 +96,12 @@ printf "%-46s %10s %12s\n" "apply 1,000 objects to the API test server" "wall" "
 printf "%-46s %8s ms %9s MiB\n" "skiff-agent import (verify+apply+inventory)" $((t1-t0)) "$(awk '{printf "%.1f", $1/1024}' "$work/agent.maxrss")"
 printf "%-46s %8s ms %9s MiB\n" "kubectl apply --server-side" $((t3-t2)) "$(sort -n "$work/kubectl.maxrss" | tail -1 | awk '{printf "%.1f", $1/1024}')"
 printf "ratio (kubectl / skiff): %.1fx\n" "$(echo "scale=2; ($t3-$t2)/($t1-$t0)" | bc)"
+
+# Drift check of the same 1,000 objects (dry-run apply + GET each), nothing drifted.
+url=$(awk '/server:/ {print $2}' "$work/skiff.kubeconfig")
+r0=$(curl -sf "$url/debug/requests" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+t6=$(ms)
+"$bin/skiff-agent" check --config "$work/big.yaml" --no-heal >"$work/check.out" 2>/dev/null
+t7=$(ms)
+r1=$(curl -sf "$url/debug/requests" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+echo "drift check of 1,000 objects: $((t7-t6)) ms, $((r1-r0)) API requests ($(head -1 "$work/check.out"))"

@@ -255,9 +255,25 @@ impl KubeApplier {
     /// Compares every object of the bundle with the cluster (server-side dry-run apply vs
     /// live), re-applies drifted ones when `heal` allows, and reads their health.
     pub async fn check(&self, channel: &str, bundle: &Bundle, heal: bool) -> Result<Checked, Outcome> {
+        self.check_with(channel, bundle, heal, true).await
+    }
+
+    /// Reads health only (a GET per object, no dry-run): right after an apply, the live
+    /// objects are what skiff just wrote.
+    pub async fn health(&self, channel: &str, bundle: &Bundle) -> Result<Checked, Outcome> {
+        self.check_with(channel, bundle, false, false).await
+    }
+
+    async fn check_with(
+        &self,
+        channel: &str,
+        bundle: &Bundle,
+        heal: bool,
+        compare: bool,
+    ) -> Result<Checked, Outcome> {
         let (all, _duplicates) = split_duplicates(self.desired_objects(channel, bundle).await?);
         let results: Vec<Result<(Option<Drift>, Health1), Failure>> = futures_util::stream::iter(all)
-            .map(|o| async move { self.check_one(&o, heal).await })
+            .map(|o| async move { self.check_one(&o, heal, compare).await })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
@@ -275,7 +291,12 @@ impl KubeApplier {
         Ok(checked)
     }
 
-    async fn check_one(&self, o: &Desired, heal: bool) -> Result<(Option<Drift>, Health1), Failure> {
+    async fn check_one(
+        &self,
+        o: &Desired,
+        heal: bool,
+        compare: bool,
+    ) -> Result<(Option<Drift>, Health1), Failure> {
         let (ar, caps) = self
             .resolve(&o.id.api_version, &o.id.kind)
             .await
@@ -298,6 +319,10 @@ impl KubeApplier {
             ));
         };
         let live = serde_json::to_value(&live).unwrap_or(Value::Null);
+        if !compare {
+            let (state, reason) = crate::drift::object_health(&live);
+            return Ok((None, (o.id.clone(), state, reason)));
+        }
         let mut params = PatchParams::apply(FIELD_MANAGER).dry_run();
         params.force = self.force;
         let dry = api

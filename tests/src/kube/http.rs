@@ -111,6 +111,11 @@ pub async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
+    if path == "/debug/requests" {
+        // For benchmarks against the process: how many API requests were served so far.
+        let n = shared.requests.lock().expect("requests lock").len();
+        return json_response(200, &json!({"requests": n}));
+    }
     shared.log_request(&method, &uri);
     if let Some(code) = shared.take_fault(&method, &path) {
         let reason = if code == 429 {

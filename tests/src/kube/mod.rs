@@ -41,7 +41,7 @@ pub struct Shared {
     faults: Mutex<Vec<Fault>>,
     latency: Mutex<Duration>,
     refuse: AtomicBool,
-    requests: Mutex<Vec<String>>,
+    pub(crate) requests: Mutex<Vec<String>>,
 }
 
 impl Shared {
