@@ -141,6 +141,27 @@ fn import_applies_verifies_prunes_and_refuses_tampered_and_replayed_bundles() {
         outcomes,
         ["applied", "applied", "rejected", "rejected", "rejected"]
     );
+
+    // Drift in a folder: an edited and a deleted file, reported, then healed.
+    std::fs::write(&deploy, "{}\n").unwrap();
+    std::fs::remove_file(target.join("demo/demo/configmap.web-config.yaml")).unwrap();
+    let found = agent(&["check", "--config", s(&config), "--no-heal", "--output", "json"]).success();
+    let found: serde_json::Value = serde_json::from_str(&found.stdout).unwrap();
+    let kinds: Vec<&str> = found["demo"]["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.len(), 2, "{found}");
+    assert!(
+        kinds.contains(&"modified") && kinds.contains(&"missing"),
+        "{kinds:?}"
+    );
+    agent(&["check", "--config", s(&config), "--heal"]).success();
+    let healed: serde_json::Value = serde_json::from_slice(&std::fs::read(&deploy).unwrap()).unwrap();
+    assert_eq!(healed["kind"], "Deployment");
+    assert!(target.join("demo/demo/configmap.web-config.yaml").exists());
 }
 
 #[test]

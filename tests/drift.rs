@@ -267,6 +267,45 @@ async fn end_to_end_drift_and_health_visible_in_hub_status() {
         metrics.contains("skiff_hub_cluster_unhealthy_channels{cluster=\"edge-1\"} 0"),
         "{metrics}"
     );
+
+    // A failed rollout: Degraded, on the hub too.
+    let stuck = json!({"status": {"conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}});
+    deployments
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&stuck))
+        .await
+        .unwrap();
+    let degraded = eventually(Duration::from_secs(30), || async {
+        channel(&status())["health"] == "Degraded"
+    })
+    .await;
+    assert!(degraded, "{}", status());
+
+    // With the hub gone, drift is still found and healed; its report waits in the outbox.
+    let mut hub = hub;
+    hub.kill();
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 9}})),
+        )
+        .await
+        .unwrap();
+    let healed_offline = eventually(Duration::from_secs(30), || async {
+        deployments
+            .get("web")
+            .await
+            .is_ok_and(|d| d.spec.unwrap().replicas == Some(2))
+    })
+    .await;
+    assert!(healed_offline, "{}", agent_proc.log());
+    let data = tmp.path().join("agent/data");
+    let waiting = eventually(Duration::from_secs(30), || async {
+        let r = agent(&["status", "--data-dir", s(&data), "--output", "json"]);
+        serde_json::from_str::<Value>(&r.stdout).is_ok_and(|v| v["outbox"].as_u64().unwrap_or(0) >= 1)
+    })
+    .await;
+    assert!(waiting, "drift reports wait for the hub");
 }
 
 /// Real-world manifests written by others, each set applied through the agent, then ten

@@ -343,6 +343,17 @@ mod tests {
     }
 
     #[test]
+    fn self_heal_per_channel() {
+        let c = parse(&format!(
+            "{GOOD}self_heal: true\nchannels:\n  quiet: {{self_heal: false}}\n"
+        ))
+        .unwrap();
+        assert!(c.self_heal_for("demo"));
+        assert!(!c.self_heal_for("quiet"));
+        assert_eq!(c.drift_interval, Duration::from_secs(60));
+    }
+
+    #[test]
     fn overrides_fill_in_and_win() {
         let o = Overrides {
             cluster: Some("edge-9".into()),
