@@ -244,6 +244,13 @@ async fn end_to_end_drift_and_health_visible_in_hub_status() {
     })
     .await;
     assert!(heard, "{}", status());
+    let reported = channel(&status())["drift"][0].clone();
+    assert_eq!(reported["object"]["name"], "web", "{reported}");
+    assert_eq!(
+        reported["paths"],
+        json!([{"path": ".spec.replicas", "desired": 2, "live": 7}])
+    );
+    assert_eq!(reported["corrected"], true);
 
     // Health: the test sets the rollout status like the controller would.
     let generation = deployments.get("web").await.unwrap().metadata.generation.unwrap();

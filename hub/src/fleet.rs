@@ -85,6 +85,9 @@ pub struct ClusterChannelStatus {
     pub corrected: usize,
     /// Health in the latest report.
     pub health: Option<String>,
+    /// The drifted objects of the latest report, with paths and values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<skiff_proto::api::Drift>,
     /// When the agent reported.
     pub reported: Option<Timestamp>,
 }
@@ -487,6 +490,7 @@ impl Fleet {
                             drifted: report.map_or(0, |r| r.drift.iter().filter(|d| !d.corrected).count()),
                             corrected: report.map_or(0, |r| r.drift.iter().filter(|d| d.corrected).count()),
                             health: report.and_then(|r| r.health.as_ref().map(|h| h.state.clone())),
+                            drift: report.map(|r| r.drift.clone()).unwrap_or_default(),
                             reported: report.map(|r| r.time),
                         }
                     })
