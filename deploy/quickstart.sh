@@ -27,10 +27,16 @@ trap 'exit 130' INT TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "Building skiff-hub and skiff-agent (release)"
-cargo build --release --locked --manifest-path "$root/Cargo.toml" -p skiff-hub -p skiff-agent
-hub="$root/target/release/skiff-hub"
-agent="$root/target/release/skiff-agent"
+if [ -n "${SKIFF_BIN_DIR:-}" ]; then
+  # Binaries already built (the tests use their debug build).
+  hub="$SKIFF_BIN_DIR/skiff-hub"
+  agent="$SKIFF_BIN_DIR/skiff-agent"
+else
+  say "Building skiff-hub and skiff-agent (release)"
+  cargo build --release --locked --manifest-path "$root/Cargo.toml" -p skiff-hub -p skiff-agent
+  hub="$root/target/release/skiff-hub"
+  agent="$root/target/release/skiff-agent"
+fi
 
 say "Making a fleet repository from deploy/examples in $work/fleet"
 if [ ! -d "$work/fleet/.git" ]; then
