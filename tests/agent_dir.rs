@@ -14,37 +14,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Builds a bundle of `dir` and returns (bundle, envelope).
-fn build(dir: &Path, key: &Path, out: &Path, generation: u64, channel: &str) -> (PathBuf, PathBuf) {
-    let digest = run_bin(
-        "skiff-hub",
-        &[
-            "bundle",
-            "build",
-            "--dir",
-            s(dir),
-            "--channel",
-            channel,
-            "--generation",
-            &generation.to_string(),
-            "--namespace",
-            "demo",
-            "--key",
-            s(key),
-            "--out",
-            s(out),
-        ],
-    )
-    .success()
-    .stdout
-    .trim()
-    .to_owned();
-    (
-        out.join(format!("{digest}.tar.gz")),
-        out.join(format!("{digest}.dsse.json")),
-    )
-}
-
 fn keys(dir: &Path) -> (PathBuf, PathBuf) {
     run_bin("skiff-hub", &["keygen", "--out", s(dir)]).success();
     (dir.join("signing.pem"), dir.join("signing.pub.pem"))
@@ -66,7 +35,7 @@ fn import_applies_verifies_prunes_and_refuses_tampered_and_replayed_bundles() {
 
     let apps = tmp.path().join("apps");
     skiff_tests::copy_tree(&examples_dir().join("apps"), &apps);
-    let (b1, e1) = build(&apps, &key, &out, 1, "demo");
+    let (b1, e1) = skiff_tests::build_bundle(&apps, &key, &out, "demo", 1);
     let run = agent(&["import", "--config", s(&config), s(&b1), s(&e1)]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let deploy = target.join("demo/demo/deployment.web.yaml");
@@ -89,7 +58,7 @@ fn import_applies_verifies_prunes_and_refuses_tampered_and_replayed_bundles() {
 
     // Generation 2 without the Service: its file is pruned.
     std::fs::remove_file(apps.join("web/service.yaml")).unwrap();
-    let (b2, e2) = build(&apps, &key, &out, 2, "demo");
+    let (b2, e2) = skiff_tests::build_bundle(&apps, &key, &out, "demo", 2);
     agent(&["import", "--config", s(&config), s(&b2), s(&e2)]).success();
     assert!(!target.join("demo/demo/service.web.yaml").exists(), "pruned");
     assert!(deploy.exists());
@@ -105,7 +74,7 @@ fn import_applies_verifies_prunes_and_refuses_tampered_and_replayed_bundles() {
     assert!(!target.join("demo/demo/service.web.yaml").exists());
 
     // A tampered bundle is refused.
-    let (b3, e3) = build(&examples_dir().join("apps"), &key, &out, 3, "demo");
+    let (b3, e3) = skiff_tests::build_bundle(&examples_dir().join("apps"), &key, &out, "demo", 3);
     let mut bytes = std::fs::read(&b3).unwrap();
     let n = bytes.len() / 2;
     bytes[n] ^= 0x40;
@@ -115,7 +84,7 @@ fn import_applies_verifies_prunes_and_refuses_tampered_and_replayed_bundles() {
     assert!(tampered.stderr.contains("sha256"), "{}", tampered.stderr);
     // Signed by someone else: refused.
     let (other_key, _) = keys(&tmp.path().join("other"));
-    let (b4, e4) = build(&examples_dir().join("apps"), &other_key, &out, 4, "demo");
+    let (b4, e4) = skiff_tests::build_bundle(&examples_dir().join("apps"), &other_key, &out, "demo", 4);
     let wrong = agent(&["import", "--config", s(&config), s(&b4), s(&e4)]);
     assert!(wrong.stderr.contains("valid signature"), "{}", wrong.stderr);
     assert!(

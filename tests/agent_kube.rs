@@ -16,36 +16,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn build(dir: &Path, key: &Path, out: &Path, generation: u64) -> (PathBuf, PathBuf) {
-    let digest = run_bin(
-        "skiff-hub",
-        &[
-            "bundle",
-            "build",
-            "--dir",
-            s(dir),
-            "--channel",
-            "demo",
-            "--generation",
-            &generation.to_string(),
-            "--namespace",
-            "demo",
-            "--key",
-            s(key),
-            "--out",
-            s(out),
-        ],
-    )
-    .success()
-    .stdout
-    .trim()
-    .to_owned();
-    (
-        out.join(format!("{digest}.tar.gz")),
-        out.join(format!("{digest}.dsse.json")),
-    )
-}
-
 struct Setup {
     tmp: tempfile::TempDir,
     key: PathBuf,
@@ -74,7 +44,7 @@ fn setup(c: &TestCluster) -> Setup {
 }
 
 fn import(st: &Setup, generation: u64) -> skiff_tests::Run {
-    let (b, e) = build(&st.apps, &st.key, &st.tmp.path().join("out"), generation);
+    let (b, e) = skiff_tests::build_bundle(&st.apps, &st.key, &st.tmp.path().join("out"), "demo", generation);
     agent(&["import", "--config", s(&st.config), s(&b), s(&e)])
 }
 
@@ -202,7 +172,7 @@ async fn the_running_agent_retries_a_500_until_the_bundle_applies() {
     let c = TestCluster::start().await;
     let Some(server) = &c.server else { return };
     let st = setup(&c);
-    let (b, e) = build(&st.apps, &st.key, &st.tmp.path().join("out"), 1);
+    let (b, e) = skiff_tests::build_bundle(&st.apps, &st.key, &st.tmp.path().join("out"), "demo", 1);
     let import = st.tmp.path().join("usb");
     std::fs::create_dir_all(&import).unwrap();
     // kube's client does not retry 500s; the agent's retry loop must.
@@ -252,7 +222,7 @@ async fn crds_larger_than_the_annotation_limit_apply() {
         }
         std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
     }
-    let (b, e) = build(&dir, &st.key, &st.tmp.path().join("out"), 1);
+    let (b, e) = skiff_tests::build_bundle(&dir, &st.key, &st.tmp.path().join("out"), "demo", 1);
     let run = agent(&["import", "--config", s(&st.config), s(&b), s(&e)]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let api: Api<

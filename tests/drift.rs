@@ -31,32 +31,13 @@ fn setup(c: &TestCluster) -> Setup {
         "kube",
         &format!("kubeconfig: {}\n", c.kubeconfig().display()),
     );
-    let out = tmp.path().join("out");
-    let digest = run_bin(
-        "skiff-hub",
-        &[
-            "bundle",
-            "build",
-            "--dir",
-            s(&examples_dir().join("apps")),
-            "--channel",
-            "demo",
-            "--generation",
-            "1",
-            "--namespace",
-            "demo",
-            "--key",
-            s(&tmp.path().join("keys/signing.pem")),
-            "--out",
-            s(&out),
-        ],
-    )
-    .success()
-    .stdout
-    .trim()
-    .to_owned();
-    let b = out.join(format!("{digest}.tar.gz"));
-    let e = out.join(format!("{digest}.dsse.json"));
+    let (b, e) = skiff_tests::build_bundle(
+        &examples_dir().join("apps"),
+        &tmp.path().join("keys/signing.pem"),
+        &tmp.path().join("out"),
+        "demo",
+        1,
+    );
     agent(&["import", "--config", s(&config), s(&b), s(&e)]).success();
     Setup { _tmp: tmp, config }
 }

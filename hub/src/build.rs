@@ -152,15 +152,16 @@ pub fn build(request: &BuildRequest, key: &SigningKey) -> Result<Built, BuildErr
             let commit = repo.resolve_commit(rev)?;
             let path = path.trim_matches('/').to_owned();
             let origin = format!("{} at {commit} path {path:?}", repo.path().display());
+            let entries = repo.list_tree(&commit, &path)?;
             let kustomize = match request.render {
                 RenderMode::Plain => false,
                 RenderMode::Kustomize => true,
-                RenderMode::Auto => render::git_is_kustomization(&repo, &commit, &path)?,
+                RenderMode::Auto => render::tree_is_kustomization(&entries),
             };
             let files = if kustomize {
                 render::kustomize_git(&repo, &commit, &path, &origin, request.timeout)?
             } else {
-                render::validate_plain(render::from_git(&repo, &commit, &path)?, &origin)?
+                render::validate_plain(render::from_git(&repo, entries)?, &origin)?
             };
             let source = Source {
                 repo: request

@@ -12,7 +12,7 @@ use skiff_proto::manifest::{ManifestError, parse_objects};
 
 use std::time::Duration;
 
-use crate::git::{EntryKind, GitError, Repo};
+use crate::git::{EntryKind, GitError, Repo, TreeEntry};
 use crate::process;
 
 /// Name of the one file a kustomize render produces in a bundle.
@@ -134,10 +134,11 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<SourceFile>) -> Result<(), Rende
     Ok(())
 }
 
-/// The manifest files below `path` at `commit`, read from the object database.
-pub fn from_git(repo: &Repo, commit: &str, path: &str) -> Result<Vec<SourceFile>, RenderError> {
+/// The manifest files among `entries` (a `list_tree` of the rendered path), read from the
+/// object database.
+pub fn from_git(repo: &Repo, entries: Vec<TreeEntry>) -> Result<Vec<SourceFile>, RenderError> {
     let mut wanted = Vec::new();
-    for entry in repo.list_tree(commit, path)? {
+    for entry in entries {
         if !(is_manifest_name(&entry.path) || is_kustomization(&entry.path)) {
             continue;
         }
@@ -207,12 +208,11 @@ pub fn dir_is_kustomization(dir: &Path) -> bool {
         .any(|n| dir.join(n).is_file())
 }
 
-/// Whether the tree at `commit` holds a kustomization file directly in `path`.
-pub fn git_is_kustomization(repo: &Repo, commit: &str, path: &str) -> Result<bool, RenderError> {
-    Ok(repo
-        .list_tree(commit, path)?
+/// Whether a listed tree holds a kustomization file at its top.
+pub fn tree_is_kustomization(entries: &[TreeEntry]) -> bool {
+    entries
         .iter()
-        .any(|e| !e.path.contains('/') && is_kustomization(&e.path)))
+        .any(|e| !e.path.contains('/') && is_kustomization(&e.path))
 }
 
 /// Renders the kustomization in `dir` with `kustomize build` (or `kubectl kustomize`) and

@@ -260,3 +260,42 @@ pub fn make_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     ]);
     (p("ca.crt"), p("tls.crt"), p("tls.key"))
 }
+
+/// Builds a signed bundle of the folder `dir` for `channel` with `skiff-hub bundle build`
+/// (default namespace `demo`) into `out`; returns (bundle, envelope).
+pub fn build_bundle(
+    dir: &Path,
+    key: &Path,
+    out: &Path,
+    channel: &str,
+    generation: u64,
+) -> (PathBuf, PathBuf) {
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let digest = run_bin(
+        "skiff-hub",
+        &[
+            "bundle",
+            "build",
+            "--dir",
+            &s(dir),
+            "--channel",
+            channel,
+            "--generation",
+            &generation.to_string(),
+            "--namespace",
+            "demo",
+            "--key",
+            &s(key),
+            "--out",
+            &s(out),
+        ],
+    )
+    .success()
+    .stdout
+    .trim()
+    .to_owned();
+    (
+        out.join(format!("{digest}.tar.gz")),
+        out.join(format!("{digest}.dsse.json")),
+    )
+}

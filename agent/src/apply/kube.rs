@@ -176,13 +176,19 @@ impl KubeApplier {
                 scopes.insert(key, caps.scope == Scope::Namespaced);
             }
         }
-        objects(bundle, channel, &|api, kind| {
-            scopes
-                .get(&(api.to_owned(), kind.to_owned()))
+        // Parsed once as if every kind were namespaced; cluster-scoped ones lose the
+        // namespace now that discovery has said which they are.
+        let mut all = first;
+        for o in &mut all {
+            let namespaced = scopes
+                .get(&(o.id.api_version.clone(), o.id.kind.clone()))
                 .copied()
-                .unwrap_or(true)
-        })
-        .map_err(unreadable)
+                .unwrap_or(true);
+            if !namespaced {
+                super::make_cluster_scoped(o);
+            }
+        }
+        Ok(all)
     }
 
     /// Applies a bundle's objects for `channel`, then prunes what `previous` had and the

@@ -154,6 +154,14 @@ pub fn objects(
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
+/// Drops the namespace of an object found to be cluster-scoped.
+pub fn make_cluster_scoped(o: &mut Desired) {
+    o.id.namespace = None;
+    if let Some(meta) = o.value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("namespace");
+    }
+}
+
 /// Splits off objects defined more than once in a bundle: which copy should win is not
 /// skiff's to guess, so none is applied and each such object is an error naming where its
 /// copies are. (Two copies that differ would also be endless drift.)
