@@ -193,6 +193,21 @@ pub struct HubConfig {
     pub report_history: usize,
 }
 
+/// Why a repository URL carries a secret, if it does: a password in its user info
+/// (`https://user:token@host/…`, `ssh://git:pw@host/…`), any user info on HTTP(S), or a
+/// query string (`?private_token=…`).
+fn url_credentials(url: &str) -> Option<&'static str> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let http = scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http");
+    match authority.rsplit_once('@') {
+        Some((user, _)) if user.contains(':') => return Some("the URL carries a password or token"),
+        Some(_) if http => return Some("the URL carries a user name or token"),
+        _ => {}
+    }
+    (http && rest.contains('?')).then_some("the URL carries a query string (tokens go in credentials)")
+}
+
 fn default_listen() -> SocketAddr {
     "127.0.0.1:8080".parse().expect("address")
 }
@@ -337,6 +352,14 @@ impl HubConfig {
             }
             if r.url.trim().is_empty() {
                 return Err(invalid(format!("repos[{i}].url"), "empty".into()));
+            }
+            if let Some(why) = url_credentials(&r.url) {
+                return Err(invalid(
+                    format!("repos[{i}].url"),
+                    format!(
+                        "{why}: it would show in `ps`, logs and the mirror's config; put the token in a file and name it in credentials.token_file (and credentials.username)"
+                    ),
+                ));
             }
             if r.poll < Duration::from_secs(1) {
                 return Err(invalid(format!("repos[{i}].poll"), "must be at least 1s".into()));
@@ -483,6 +506,34 @@ channels:
         };
         let c = HubConfig::parse(Path::new("hub.yaml"), GOOD.as_bytes(), &o).unwrap();
         assert_eq!(c.listen.port(), 9999);
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused() {
+        for url in [
+            "https://x-access-token:ghp_secret@github.com/org/fleet.git",
+            "https://ghp_secret@github.com/org/fleet.git",
+            "https://gitlab.com/org/fleet.git?private_token=x",
+            "ssh://git:secret@host/fleet",
+        ] {
+            let text = GOOD.replace("file:///srv/git/fleet.git", url);
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("repos[0].url") && err.contains("credentials.token_file"),
+                "{url}: {err}"
+            );
+            assert!(
+                !err.contains("secret"),
+                "the error must not echo the secret: {err}"
+            );
+        }
+        for url in [
+            "ssh://git@host/fleet",
+            "git@github.com:org/fleet.git",
+            "https://github.com/org/fleet.git",
+        ] {
+            parse(&GOOD.replace("file:///srv/git/fleet.git", url)).unwrap();
+        }
     }
 
     #[test]

@@ -48,6 +48,21 @@ pub enum GitError {
         /// The path.
         path: String,
     },
+    /// A tree entry's path is not a safe relative path (`..`, `.`, `a//b`, a backslash …).
+    /// Git tree entries are names, not paths: a crafted tree can hold `..`.
+    #[error(
+        "commit {commit} of {repo} has a tree entry {path:?} that is not a safe path ({problem}); refusing the whole commit"
+    )]
+    UnsafePath {
+        /// The repository.
+        repo: PathBuf,
+        /// The commit.
+        commit: String,
+        /// The path as git listed it.
+        path: String,
+        /// What is wrong with it.
+        problem: skiff_proto::bundle::PathProblem,
+    },
     /// Output of git that this code cannot read.
     #[error("unexpected output from git {args} in {repo}: {detail}")]
     Protocol {
@@ -204,6 +219,15 @@ impl Repo {
                 "160000" => EntryKind::Submodule,
                 other => return Err(protocol(&format!("unknown mode {other}"))),
             };
+            // The listed path prefix is checked too: it is ours, but the entries are not.
+            if let Err(problem) = skiff_proto::bundle::check_path(path) {
+                return Err(GitError::UnsafePath {
+                    repo: self.path.clone(),
+                    commit: commit.to_owned(),
+                    path: path.to_owned(),
+                    problem,
+                });
+            }
             entries.push(TreeEntry {
                 path: path.to_owned(),
                 kind,
@@ -213,7 +237,57 @@ impl Repo {
         Ok(entries)
     }
 
+    /// The sizes of blobs, in the order asked, through one `git cat-file --batch-check`:
+    /// what reading them would cost, known before reading.
+    pub fn blob_sizes(&self, oids: &[&str]) -> Result<Vec<u64>, GitError> {
+        if oids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request: String = oids.iter().map(|oid| format!("{oid}\n")).collect();
+        let mut child = self
+            .command()
+            .args(["cat-file", "--batch-check"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| GitError::Spawn {
+                repo: self.path.clone(),
+                source,
+            })?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let writer = std::thread::spawn(move || stdin.write_all(request.as_bytes()));
+        let mut out = String::new();
+        let read = child.stdout.take().expect("piped").read_to_string(&mut out);
+        let _ = writer.join();
+        let _ = child.wait();
+        let protocol = |detail: String| GitError::Protocol {
+            repo: self.path.clone(),
+            args: "cat-file --batch-check".to_owned(),
+            detail,
+        };
+        read.map_err(|e| protocol(e.to_string()))?;
+        let sizes: Vec<u64> = out
+            .lines()
+            .map(
+                |line| match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                    [_, "blob", size] => size.parse().map_err(|_| protocol(line.to_owned())),
+                    _ => Err(protocol(format!("not a blob: {line}"))),
+                },
+            )
+            .collect::<Result<_, _>>()?;
+        if sizes.len() != oids.len() {
+            return Err(protocol(format!(
+                "{} answers for {} objects",
+                sizes.len(),
+                oids.len()
+            )));
+        }
+        Ok(sizes)
+    }
+
     /// The contents of blobs, in the order asked, through one `git cat-file --batch`.
+    /// Callers check [`Self::blob_sizes`] against their budget first.
     pub fn read_blobs(&self, oids: &[&str]) -> Result<Vec<Vec<u8>>, GitError> {
         if oids.is_empty() {
             return Ok(Vec::new());

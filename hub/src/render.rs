@@ -18,6 +18,12 @@ use crate::process;
 /// Name of the one file a kustomize render produces in a bundle.
 pub const KUSTOMIZE_OUTPUT: &str = "rendered.yaml";
 
+/// Most files of a commit written out for a kustomize render.
+pub const MAX_RENDER_FILES: usize = 50_000;
+/// Most bytes of a commit written out for a kustomize render (blobs larger than a bundle
+/// file may be are left out: no render could use them whole).
+pub const MAX_RENDER_BYTES: u64 = 256 << 20;
+
 /// A file taken from a folder or a tree, path relative to the rendered path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceFile {
@@ -77,6 +83,18 @@ pub enum RenderError {
         origin: String,
         /// What kustomize said.
         message: String,
+    },
+    /// A file, or the files together, are larger than a bundle may hold; nothing was read.
+    #[error("{path}: {size} bytes, more than the limit of {limit} ({what})")]
+    TooLarge {
+        /// The file (or the folder, for a total).
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The cap.
+        limit: u64,
+        /// Which cap.
+        what: &'static str,
     },
     /// A helper program could not run.
     #[error(transparent)]
@@ -149,6 +167,29 @@ pub fn from_git(repo: &Repo, entries: Vec<TreeEntry>) -> Result<Vec<SourceFile>,
         }
     }
     let oids: Vec<&str> = wanted.iter().map(|e| e.oid.as_str()).collect();
+    // Sizes before content: nothing over a bundle's caps is read.
+    let limits = skiff_proto::bundle::Limits::default();
+    let sizes = repo.blob_sizes(&oids)?;
+    let mut total = 0u64;
+    for (entry, &size) in wanted.iter().zip(&sizes) {
+        if size > limits.max_file_size {
+            return Err(RenderError::TooLarge {
+                path: entry.path.clone(),
+                size,
+                limit: limits.max_file_size,
+                what: "per-file limit of a bundle",
+            });
+        }
+        total += size;
+    }
+    if total > limits.max_total_size {
+        return Err(RenderError::TooLarge {
+            path: "(all manifest files)".to_owned(),
+            size: total,
+            limit: limits.max_total_size,
+            what: "total limit of a bundle",
+        });
+    }
     let blobs = repo.read_blobs(&oids)?;
     let mut files: Vec<SourceFile> = wanted
         .into_iter()
@@ -222,6 +263,22 @@ pub fn kustomize_dir(
     origin: &str,
     timeout: Duration,
 ) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
+    let home = tempfile::tempdir().map_err(|source| RenderError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    kustomize_in(dir, home.path(), origin, timeout)
+}
+
+/// Runs the renderer in `dir` with nothing of the hub's environment (no tokens, no
+/// `$HOME`): its home, caches and working folder are `home`, a fresh temporary folder, so
+/// whatever it writes lands there.
+fn kustomize_in(
+    dir: &Path,
+    home: &Path,
+    origin: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
     let mut cmd = if process::on_path("kustomize") {
         let mut c = std::process::Command::new("kustomize");
         c.arg("build");
@@ -233,7 +290,15 @@ pub fn kustomize_dir(
     } else {
         return Err(RenderError::KustomizeMissing(origin.to_owned()));
     };
-    cmd.arg(dir);
+    cmd.arg(dir)
+        .current_dir(home)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_CACHE_HOME", home.join(".cache"))
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .env("KUBECONFIG", home.join(".kube/config"));
     let out = process::run(cmd, timeout)?;
     if !out.status.success() {
         return Err(RenderError::Kustomize {
@@ -248,9 +313,12 @@ pub fn kustomize_dir(
     validate_plain(files, origin)
 }
 
-/// Renders the kustomization at `path` of `commit`: the commit's tree (regular files only;
-/// symbolic links are left out so nothing outside the tree can be read) is written to a
-/// temporary folder and rendered there.
+/// Renders the kustomization at `path` of `commit`: the commit's regular files are written
+/// beneath a fresh temporary folder and rendered there. Every path was checked by
+/// [`Repo::list_tree`] (no `..`, no absolute paths); symbolic links, submodules, `.git`
+/// folders and blobs larger than a bundle file are left out, so nothing is written outside
+/// that folder and nothing outside the tree can be read; files are created new, never
+/// through something already there. Sizes are checked before any blob is read.
 pub fn kustomize_git(
     repo: &Repo,
     commit: &str,
@@ -262,12 +330,51 @@ pub fn kustomize_git(
         path: std::env::temp_dir(),
         source,
     })?;
+    let root = tmp.path().join("tree");
+    let home = tmp.path().join("home");
     let entries = repo.list_tree(commit, "")?;
-    let files: Vec<_> = entries.iter().filter(|e| e.kind == EntryKind::File).collect();
+    let limits = skiff_proto::bundle::Limits::default();
+    let candidates: Vec<&TreeEntry> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .filter(|e| !e.path.split('/').any(|c| c.eq_ignore_ascii_case(".git")))
+        .collect();
+    let oids: Vec<&str> = candidates.iter().map(|e| e.oid.as_str()).collect();
+    let sizes = repo.blob_sizes(&oids)?;
+    let files: Vec<&TreeEntry> = candidates
+        .into_iter()
+        .zip(&sizes)
+        .filter(|(_, size)| **size <= limits.max_file_size)
+        .map(|(e, _)| e)
+        .collect();
+    let total: u64 = sizes.iter().filter(|s| **s <= limits.max_file_size).sum();
+    if files.len() > MAX_RENDER_FILES {
+        return Err(RenderError::TooLarge {
+            path: origin.to_owned(),
+            size: files.len() as u64,
+            limit: MAX_RENDER_FILES as u64,
+            what: "files a kustomize render may write out",
+        });
+    }
+    if total > MAX_RENDER_BYTES {
+        return Err(RenderError::TooLarge {
+            path: origin.to_owned(),
+            size: total,
+            limit: MAX_RENDER_BYTES,
+            what: "bytes a kustomize render may write out",
+        });
+    }
     let oids: Vec<&str> = files.iter().map(|e| e.oid.as_str()).collect();
     let blobs = repo.read_blobs(&oids)?;
+    for dir in [&root, &home] {
+        std::fs::create_dir(dir).map_err(|source| RenderError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+    }
     for (entry, bytes) in files.iter().zip(blobs) {
-        let target = tmp.path().join(&entry.path);
+        let target = root.join(&entry.path);
+        debug_assert!(target.starts_with(&root));
         let io = |source| RenderError::Io {
             path: target.clone(),
             source,
@@ -275,9 +382,14 @@ pub fn kustomize_git(
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        std::fs::write(&target, bytes).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+            .map_err(io)?;
+        std::io::Write::write_all(&mut file, &bytes).map_err(io)?;
     }
-    kustomize_dir(&tmp.path().join(path), origin, timeout)
+    kustomize_in(&root.join(path), &home, origin, timeout)
 }
 
 #[cfg(test)]

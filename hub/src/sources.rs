@@ -185,7 +185,10 @@ impl Sources {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
             return Err(FetchError::Git(format!(
                 "git {} ({}): {}",
-                args.first().copied().unwrap_or_default(),
+                args.iter()
+                    .find(|a| !a.starts_with('-') && !a.contains('='))
+                    .copied()
+                    .unwrap_or_default(),
                 strip_credentials(&repo.url),
                 stderr.replace(&repo.url, &strip_credentials(&repo.url))
             )));
@@ -206,10 +209,22 @@ impl Sources {
         let url = local_url(&repo.url);
         let _ = self.git(repo, &mirror, &["remote", "remove", "origin"]);
         self.git(repo, &mirror, &["remote", "add", "origin", &url])?;
+        // Objects are checked as they arrive: a tree entry named `..` or `.` (or a path git
+        // itself could never check out) fails the fetch, whatever the remote accepted.
         let result = self.git(
             repo,
             &mirror,
             &[
+                "-c",
+                "fetch.fsckObjects=true",
+                "-c",
+                "fetch.fsck.hasDotdot=error",
+                "-c",
+                "fetch.fsck.hasDot=error",
+                "-c",
+                "fetch.fsck.fullPathname=error",
+                "-c",
+                "fetch.fsck.hasDotgit=error",
                 "fetch",
                 "--quiet",
                 "--prune",

@@ -16,6 +16,27 @@ use crate::statement::Timestamp;
 /// Longest long-poll the hub honours, in seconds.
 pub const MAX_WAIT_SECONDS: u64 = 300;
 
+/// Caps hub and agent both keep to: each side refuses more from the other (and from
+/// mirrors) before reading it, and makes nothing larger itself.
+pub mod limits {
+    /// Largest desired-state body an agent reads.
+    pub const MAX_DESIRED_BYTES: usize = 8 << 20;
+    /// Most of an error body either side reads (the rest is dropped unread).
+    pub const MAX_ERROR_BODY: usize = 4 << 10;
+    /// Largest DSSE envelope read from a file, a hub or a mirror.
+    pub const MAX_ENVELOPE_BYTES: u64 = 256 << 10;
+    /// Largest single report (serialized JSON) the hub stores; agents trim theirs to fit.
+    pub const MAX_REPORT_BYTES: usize = 256 << 10;
+    /// Most reports in one `POST …/reports`.
+    pub const MAX_REPORTS_PER_REQUEST: usize = 100;
+    /// Largest report request body the hub reads.
+    pub const MAX_REPORTS_BODY: usize = 8 << 20;
+    /// Longest report message kept.
+    pub const MAX_MESSAGE_CHARS: usize = 4096;
+    /// Most drifted objects, object errors, or paths per drifted object in one report.
+    pub const MAX_REPORT_ITEMS: usize = 200;
+}
+
 /// Everything a cluster should run: one entry per channel that targets it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Desired {
@@ -176,6 +197,76 @@ pub struct Report {
     /// Health after the apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+}
+
+impl Report {
+    /// Trims a report to [`limits::MAX_REPORT_BYTES`]: long messages are cut, lists kept to
+    /// their first [`limits::MAX_REPORT_ITEMS`] entries, and drift values dropped (paths
+    /// stay) if it is still too large. What was cut is said in the message.
+    pub fn fit(mut self) -> Self {
+        use limits::{MAX_MESSAGE_CHARS, MAX_REPORT_BYTES, MAX_REPORT_ITEMS};
+        let cut = |s: &mut String| {
+            if s.chars().count() > MAX_MESSAGE_CHARS {
+                *s = s.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + " …(cut)";
+            }
+        };
+        let mut notes = Vec::new();
+        if let Some(m) = &mut self.message {
+            cut(m);
+        }
+        if self.errors.len() > MAX_REPORT_ITEMS {
+            notes.push(format!(
+                "{} object errors, first {MAX_REPORT_ITEMS} kept",
+                self.errors.len()
+            ));
+            self.errors.truncate(MAX_REPORT_ITEMS);
+        }
+        for e in &mut self.errors {
+            cut(&mut e.message);
+        }
+        if self.drift.len() > MAX_REPORT_ITEMS {
+            notes.push(format!(
+                "{} drifted objects, first {MAX_REPORT_ITEMS} kept",
+                self.drift.len()
+            ));
+            self.drift.truncate(MAX_REPORT_ITEMS);
+        }
+        for d in &mut self.drift {
+            d.paths.truncate(MAX_REPORT_ITEMS);
+        }
+        if let Some(h) = &mut self.health {
+            if let Some(r) = &mut h.reason {
+                cut(r);
+            }
+            while h.objects.len() > MAX_REPORT_ITEMS {
+                h.objects.pop_last();
+            }
+            for v in h.objects.values_mut() {
+                cut(v);
+            }
+        }
+        let size = |r: &Self| serde_json::to_vec(r).map_or(usize::MAX, |b| b.len());
+        if size(&self) > MAX_REPORT_BYTES {
+            notes.push("drift values left out to fit the report size limit".to_owned());
+            for p in self.drift.iter_mut().flat_map(|d| d.paths.iter_mut()) {
+                p.desired = None;
+                p.live = None;
+            }
+        }
+        while size(&self) > MAX_REPORT_BYTES && (!self.drift.is_empty() || !self.errors.is_empty()) {
+            let half = self.drift.len() / 2;
+            self.drift.truncate(half);
+            let half = self.errors.len() / 2;
+            self.errors.truncate(half);
+            notes.push("lists halved to fit the report size limit".to_owned());
+        }
+        if !notes.is_empty() {
+            notes.dedup();
+            let m = self.message.get_or_insert_with(String::new);
+            m.push_str(&format!(" [trimmed: {}]", notes.join("; ")));
+        }
+        self
+    }
 }
 
 /// The hub's answer to a batch of reports (`POST …/reports` takes a JSON array of

@@ -15,8 +15,47 @@ use std::collections::HashMap;
 use granit_parser::{Event, Options, Parser, ScalarStyle, ScanError, Span, StrInput};
 use serde_json::{Map, Number, Value};
 
-/// Most nodes a single file may expand to, aliases included (stops "billion laughs").
-const MAX_NODES: usize = 2_000_000;
+/// How much reading manifests may build: bytes of scalars and keys and a count of nodes,
+/// alias expansions included, checked before each piece is built (so an alias bomb — a
+/// large anchor repeated — is refused before it costs memory).
+///
+/// A file may expand to twice its size plus 64 KiB of scalar text and one node per byte
+/// plus 10,000 ([`Budget::for_file`]); a bundle's files together to twice the bundle's
+/// content plus 1 MiB ([`Budget::for_bundle`]). Plain manifests come nowhere near either:
+/// only aliases can make a document larger than its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Bytes of scalar and key text that may still be built.
+    pub bytes: u64,
+    /// Nodes that may still be built.
+    pub nodes: u64,
+}
+
+impl Budget {
+    /// The budget of one file of `len` bytes.
+    pub fn for_file(len: usize) -> Self {
+        let len = len as u64;
+        Self {
+            bytes: len.saturating_mul(2).saturating_add(64 << 10),
+            nodes: len.saturating_add(10_000),
+        }
+    }
+
+    /// The budget of all files of a bundle whose content totals `total` bytes.
+    pub fn for_bundle(total: u64) -> Self {
+        Self {
+            bytes: total.saturating_mul(2).saturating_add(1 << 20),
+            nodes: total.saturating_add(100_000),
+        }
+    }
+
+    fn min(self, other: Self) -> Self {
+        Self {
+            bytes: self.bytes.min(other.bytes),
+            nodes: self.nodes.min(other.nodes),
+        }
+    }
+}
 
 /// One non-empty document of a manifest file.
 #[derive(Clone, Debug, PartialEq)]
@@ -100,7 +139,19 @@ pub enum ManifestError {
         /// The key.
         key: String,
     },
-    /// Valid YAML that has no JSON form (NaN, infinities, a mapping as a key, too many nodes).
+    /// The file expands to more than its [`Budget`] (an alias bomb, or a bundle too large).
+    #[error(
+        "{file}: line {line}: the document expands to more than {limit} bytes or nodes (aliases repeating large anchors?); refused before building it"
+    )]
+    TooLarge {
+        /// The file.
+        file: String,
+        /// Line where the budget ran out.
+        line: usize,
+        /// The byte budget that applied.
+        limit: u64,
+    },
+    /// Valid YAML that has no JSON form (NaN, infinities, a mapping as a key).
     #[error("{file}: line {line}: {what}")]
     Unsupported {
         /// The file.
@@ -121,23 +172,59 @@ pub enum ManifestError {
 }
 
 /// Parses a manifest file into its non-empty documents. Files named `*.json` are read as a
-/// stream of JSON values; anything else as multi-document YAML.
+/// stream of JSON values; anything else as multi-document YAML. The file's own
+/// [`Budget::for_file`] applies.
 pub fn parse_file(file: &str, bytes: &[u8]) -> Result<Vec<Document>, ManifestError> {
+    parse_file_within(file, bytes, &mut Budget::for_file(bytes.len()))
+}
+
+/// [`parse_file`] within the smaller of the file's own budget and `shared` (a bundle's),
+/// which is charged with what the file used.
+pub fn parse_file_within(
+    file: &str,
+    bytes: &[u8],
+    shared: &mut Budget,
+) -> Result<Vec<Document>, ManifestError> {
     let text = std::str::from_utf8(bytes).map_err(|_| ManifestError::NotUtf8 {
         file: file.to_owned(),
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let budget = Budget::for_file(bytes.len()).min(*shared);
     if file.ends_with(".json") {
-        parse_json(file, text)
+        // JSON has no aliases: what it builds is bounded by its text.
+        let len = bytes.len() as u64;
+        if len > budget.bytes {
+            return Err(ManifestError::TooLarge {
+                file: file.to_owned(),
+                line: 1,
+                limit: budget.bytes,
+            });
+        }
+        let docs = parse_json(file, text)?;
+        shared.bytes -= len;
+        shared.nodes = shared.nodes.saturating_sub(len);
+        Ok(docs)
     } else {
-        parse_yaml(file, text)
+        let (docs, left) = yaml_documents(file, text, budget)?;
+        shared.bytes -= budget.bytes - left.bytes;
+        shared.nodes -= budget.nodes - left.nodes;
+        Ok(docs)
     }
 }
 
 /// Parses the objects of a manifest file: [`parse_file`], then [`objects_of`] each document.
 pub fn parse_objects(file: &str, bytes: &[u8]) -> Result<Vec<Object>, ManifestError> {
+    parse_objects_within(file, bytes, &mut Budget::for_file(bytes.len()))
+}
+
+/// [`parse_objects`] within a shared (bundle) budget, as [`parse_file_within`].
+pub fn parse_objects_within(
+    file: &str,
+    bytes: &[u8],
+    shared: &mut Budget,
+) -> Result<Vec<Object>, ManifestError> {
     let mut out = Vec::new();
-    for doc in parse_file(file, bytes)? {
+    for doc in parse_file_within(file, bytes, shared)? {
         out.extend(objects_of(file, doc)?);
     }
     Ok(out)
@@ -201,6 +288,93 @@ pub fn check_dns_label(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Checks a DNS-1123 subdomain (most object names): at most 253 characters, dot-separated
+/// DNS labels of `[a-z0-9-]`.
+pub fn check_dns_subdomain(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("must be 1 to 253 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err("only lowercase letters, digits, '-' and '.' are allowed");
+    }
+    if name
+        .split('.')
+        .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'))
+    {
+        return Err("each dot-separated part must start and end with a letter or digit");
+    }
+    Ok(())
+}
+
+/// Checks a name by the rule every Kubernetes resource applies at least (a path segment):
+/// not `.` or `..`, no `/` or `%`, no control characters.
+pub fn check_path_segment_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("must be 1 to 253 characters");
+    }
+    if name == "." || name == ".." {
+        return Err("may not be '.' or '..'");
+    }
+    if name.chars().any(|c| c == '/' || c == '%' || c.is_control()) {
+        return Err("may not contain '/', '%' or control characters");
+    }
+    Ok(())
+}
+
+/// Checks `apiVersion`: `VERSION` or `GROUP/VERSION`, the group a DNS subdomain, the version
+/// a DNS-1035 label (`v1`, `v1beta2`).
+pub fn check_api_version(api_version: &str) -> Result<(), &'static str> {
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (Some(g), v),
+        None => (None, api_version),
+    };
+    if let Some(group) = group {
+        check_dns_subdomain(group).map_err(|_| "the group must be a DNS subdomain (example.com)")?;
+    }
+    let ok = !version.is_empty()
+        && version.len() <= 63
+        && version.starts_with(|c: char| c.is_ascii_lowercase())
+        && version.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err("the version must be lowercase letters, digits and '-', starting with a letter (v1, v1beta1)")
+    }
+}
+
+/// Checks `kind`: a letter, then letters and digits (at most 63).
+pub fn check_kind(kind: &str) -> Result<(), &'static str> {
+    let ok = kind.len() <= 63
+        && kind.starts_with(|c: char| c.is_ascii_alphabetic())
+        && kind.bytes().all(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err("must be a letter followed by letters and digits")
+    }
+}
+
+/// Checks `metadata.name` by the rule Kubernetes applies to the kind: RBAC and API priority
+/// and fairness objects take path-segment names (`system:controller:x`); every other kind,
+/// custom resources included, a DNS subdomain.
+pub fn check_object_name(api_version: &str, name: &str) -> Result<(), &'static str> {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    if matches!(
+        group,
+        "rbac.authorization.k8s.io" | "flowcontrol.apiserver.k8s.io"
+    ) {
+        check_path_segment_name(name)
+    } else {
+        check_dns_subdomain(name)
+    }
+}
+
 fn check_type_meta(origin: &Origin, value: &Value) -> Result<(), ManifestError> {
     let problem = |p: &str| {
         Err(ManifestError::NotAnObject {
@@ -212,12 +386,19 @@ fn check_type_meta(origin: &Origin, value: &Value) -> Result<(), ManifestError> 
         return problem("not a mapping");
     }
     match value.get("apiVersion") {
-        Some(Value::String(s)) if !s.is_empty() => {}
+        Some(Value::String(s)) if !s.is_empty() => {
+            if let Err(why) = check_api_version(s) {
+                return problem(&format!("apiVersion {s:?}: {why}"));
+            }
+        }
         Some(_) => return problem("apiVersion must be a non-empty string"),
         None => return problem("missing apiVersion"),
     }
     match value.get("kind") {
-        Some(Value::String(s)) if !s.is_empty() => Ok(()),
+        Some(Value::String(s)) if !s.is_empty() => match check_kind(s) {
+            Ok(()) => Ok(()),
+            Err(why) => problem(&format!("kind {s:?}: {why}")),
+        },
         Some(_) => problem("kind must be a non-empty string"),
         None => problem("missing kind"),
     }
@@ -246,10 +427,19 @@ fn object(origin: Origin, value: Value) -> Result<Object, ManifestError> {
         Some(Value::String(_)) | None => return Err(fail("missing metadata.name".to_owned())),
         Some(other) => return Err(fail(format!("metadata.name must be a string, found {other}"))),
     };
+    let api_version = value["apiVersion"].as_str().unwrap_or_default();
+    if let Err(why) = check_object_name(api_version, &name) {
+        return Err(fail(format!("metadata.name {name:?}: {why}")));
+    }
     let namespace = match metadata.get("namespace") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) => {
+            if let Err(why) = check_dns_label(s) {
+                return Err(fail(format!("metadata.namespace {s:?}: {why}")));
+            }
+            Some(s.clone())
+        }
         Some(other) => {
             return Err(fail(format!(
                 "metadata.namespace must be a string, found {other}"
@@ -299,8 +489,13 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
-/// Parses multi-document YAML; empty documents are skipped but counted.
+/// Parses multi-document YAML; empty documents are skipped but counted. The text's own
+/// [`Budget::for_file`] applies.
 pub fn parse_yaml(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+    yaml_documents(file, text, Budget::for_file(text.len())).map(|(docs, _)| docs)
+}
+
+fn yaml_documents(file: &str, text: &str, budget: Budget) -> Result<(Vec<Document>, Budget), ManifestError> {
     let mut options = Options::default();
     // libyaml (and so go-yaml) adds no line feed to a block scalar that ends the input.
     options.block_scalar_eof_without_line_feed = true;
@@ -311,7 +506,8 @@ pub fn parse_yaml(file: &str, text: &str) -> Result<Vec<Document>, ManifestError
         file,
         events: Parser::new_from_str_with_options(text, options),
         anchors: HashMap::new(),
-        nodes: 0,
+        limit: budget.bytes,
+        left: budget,
     };
     let mut docs = Vec::new();
     let mut index = 0;
@@ -351,14 +547,21 @@ pub fn parse_yaml(file: &str, text: &str) -> Result<Vec<Document>, ManifestError
             }
         }
     }
-    Ok(docs)
+    Ok((docs, builder.left))
+}
+
+/// An anchored value with what it cost to build, so each alias is charged before the copy.
+struct Anchored {
+    value: Value,
+    cost: Budget,
 }
 
 struct Builder<'a> {
     file: &'a str,
     events: Parser<'a, StrInput<'a>>,
-    anchors: HashMap<usize, Value>,
-    nodes: usize,
+    anchors: HashMap<usize, Anchored>,
+    limit: u64,
+    left: Budget,
 }
 
 impl<'a> Builder<'a> {
@@ -405,35 +608,50 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn count(&mut self, n: usize, span: &Span) -> Result<(), ManifestError> {
-        self.nodes = self.nodes.saturating_add(n);
-        if self.nodes > MAX_NODES {
-            return Err(self.unsupported(
-                span,
-                format!("expands to more than {MAX_NODES} nodes (alias bomb?)"),
-            ));
+    /// Charges `cost` to the budget, or refuses before anything is built.
+    fn charge(&mut self, cost: Budget, span: &Span) -> Result<(), ManifestError> {
+        if cost.bytes > self.left.bytes || cost.nodes > self.left.nodes {
+            return Err(ManifestError::TooLarge {
+                file: self.file.to_owned(),
+                line: span.start.line(),
+                limit: self.limit,
+            });
         }
+        self.left.bytes -= cost.bytes;
+        self.left.nodes -= cost.nodes;
         Ok(())
     }
 
+    fn spent_since(&self, before: Budget) -> Budget {
+        Budget {
+            bytes: before.bytes - self.left.bytes,
+            nodes: before.nodes - self.left.nodes,
+        }
+    }
+
     fn node(&mut self, event: Event<'a>, span: Span) -> Result<Value, ManifestError> {
+        let before = self.left;
         let (value, anchor) = match event {
             Event::Scalar(text, style, anchor, tag) => {
-                self.count(1, &span)?;
+                let cost = Budget {
+                    bytes: text.len() as u64,
+                    nodes: 1,
+                };
+                self.charge(cost, &span)?;
                 let tag = tag.map(|t| (t.handle().to_owned(), t.suffix().to_owned()));
                 let value = resolve_scalar(&text, style, tag.as_ref().map(|(h, s)| (h.as_str(), s.as_str())))
                     .map_err(|what| self.unsupported(&span, what))?;
                 (value, anchor)
             }
             Event::Alias(id) => {
-                let Some(value) = self.anchors.get(&id).cloned() else {
+                let Some(cost) = self.anchors.get(&id).map(|a| a.cost) else {
                     return Err(self.unsupported(&span, "alias to an unknown anchor"));
                 };
-                self.count(node_count(&value), &span)?;
-                return Ok(value);
+                self.charge(cost, &span)?;
+                return Ok(self.anchors[&id].value.clone());
             }
             Event::SequenceStart(_, anchor, _) => {
-                self.count(1, &span)?;
+                self.charge(Budget { bytes: 0, nodes: 1 }, &span)?;
                 let mut items = Vec::new();
                 loop {
                     let (event, span) = self.next()?;
@@ -445,13 +663,20 @@ impl<'a> Builder<'a> {
                 (Value::Array(items), anchor)
             }
             Event::MappingStart(_, anchor, _) => {
-                self.count(1, &span)?;
+                self.charge(Budget { bytes: 0, nodes: 1 }, &span)?;
                 (Value::Object(self.mapping()?), anchor)
             }
             _ => return Err(self.unsupported(&span, "unexpected YAML event")),
         };
         if anchor != 0 {
-            self.anchors.insert(anchor, value.clone());
+            let cost = self.spent_since(before);
+            self.anchors.insert(
+                anchor,
+                Anchored {
+                    value: value.clone(),
+                    cost,
+                },
+            );
         }
         Ok(value)
     }
@@ -519,14 +744,6 @@ fn is_data(event: &Event<'_>) -> bool {
             | Event::MappingStart(..)
             | Event::MappingEnd
     )
-}
-
-fn node_count(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(node_count).sum::<usize>(),
-        Value::Object(map) => 1 + map.values().map(node_count).sum::<usize>(),
-        _ => 1,
-    }
 }
 
 /// Keys become strings as `sigs.k8s.io/yaml` makes them: `on:` is the key `"true"`.
@@ -806,6 +1023,94 @@ mod tests {
     }
 
     #[test]
+    fn names_follow_kubernetes_rules() {
+        let obj = |api: &str, kind: &str, meta: &str| {
+            parse_objects(
+                "n.yaml",
+                format!("apiVersion: {api}\nkind: {kind}\nmetadata: {meta}\n").as_bytes(),
+            )
+        };
+        assert!(obj("v1", "ConfigMap", "{name: a.b-c, namespace: ns-1}").is_ok());
+        assert!(
+            obj(
+                "rbac.authorization.k8s.io/v1",
+                "ClusterRole",
+                "{name: \"system:controller:x\"}"
+            )
+            .is_ok()
+        );
+        assert!(obj("apps/v1", "Deployment", "{name: web}").is_ok());
+        for (api, kind, meta, why) in [
+            ("v1", "ConfigMap", "{name: ../../x}", "metadata.name"),
+            ("v1", "ConfigMap", "{name: Web}", "metadata.name"),
+            (
+                "rbac.authorization.k8s.io/v1",
+                "Role",
+                "{name: ..}",
+                "metadata.name",
+            ),
+            (
+                "rbac.authorization.k8s.io/v1",
+                "Role",
+                "{name: a/b}",
+                "metadata.name",
+            ),
+            (
+                "v1",
+                "ConfigMap",
+                "{name: a, namespace: ../etc}",
+                "metadata.namespace",
+            ),
+            (
+                "v1",
+                "ConfigMap",
+                "{name: a, namespace: a.b}",
+                "metadata.namespace",
+            ),
+            ("v1", "../ConfigMap", "{name: a}", "kind"),
+            ("v1", "Config.Map", "{name: a}", "kind"),
+            ("apps/V1", "Deployment", "{name: a}", "apiVersion"),
+            ("Apps/v1", "Deployment", "{name: a}", "apiVersion"),
+            ("../v1", "Deployment", "{name: a}", "apiVersion"),
+        ] {
+            let err = obj(api, kind, meta).unwrap_err().to_string();
+            assert!(err.contains(why), "{api} {kind} {meta}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_alias_of_a_large_scalar_is_refused_before_it_is_copied() {
+        // 64 KiB scalar, aliased 1,500 times: a small file that would expand to 96 MiB.
+        let mut yaml = format!("a: &big {}\nlist:\n", "x".repeat(64 << 10));
+        for _ in 0..1500 {
+            yaml.push_str("- *big\n");
+        }
+        let err = parse_yaml("bomb.yaml", &yaml).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::TooLarge { line, .. } if line > 2),
+            "{err}"
+        );
+        // A few aliases of a small anchor are fine.
+        assert!(parse_yaml("ok.yaml", "a: &x {k: v}\nb: *x\nc: *x\n").is_ok());
+    }
+
+    #[test]
+    fn a_bundle_budget_is_shared_by_its_files() {
+        let file = format!("a: &x {}\nb: *x\n", "y".repeat(1000));
+        let mut shared = Budget {
+            bytes: 5_000,
+            nodes: 1_000,
+        };
+        assert!(parse_file_within("1.yaml", file.as_bytes(), &mut shared).is_ok());
+        assert!(parse_file_within("2.yaml", file.as_bytes(), &mut shared).is_ok());
+        let err = parse_file_within("3.yaml", file.as_bytes(), &mut shared).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::TooLarge { ref file, .. } if file == "3.yaml"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn alias_bombs_stop_at_the_node_cap() {
         let mut yaml = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..10 {
@@ -813,7 +1118,7 @@ mod tests {
             yaml.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
         }
         let err = parse_yaml("bomb.yaml", &yaml).unwrap_err();
-        assert!(matches!(err, ManifestError::Unsupported { .. }), "{err}");
+        assert!(matches!(err, ManifestError::TooLarge { .. }), "{err}");
     }
 
     #[test]

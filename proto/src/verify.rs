@@ -45,6 +45,9 @@ pub struct Accepted {
     pub digest: Sha256Digest,
 }
 
+/// Most signatures an envelope may carry.
+pub const MAX_SIGNATURES: usize = 16;
+
 /// What the verifier checks a statement against.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -94,6 +97,20 @@ pub enum VerifyError {
     /// Step 3: the envelope carries no signature at all.
     #[error("envelope has no signatures")]
     NoSignatures,
+    /// Step 5: the statement names a bundle larger than the format allows.
+    #[error("statement names a bundle of {size} bytes, more than the limit of {limit}")]
+    BundleTooLarge {
+        /// The size signed.
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// Step 3: more signatures than any real signer set makes (each costs a verification).
+    #[error("envelope has {count} signatures, more than the limit of {MAX_SIGNATURES}")]
+    TooManySignatures {
+        /// Signatures in the envelope.
+        count: usize,
+    },
     /// Step 3: fewer valid signatures by distinct trusted keys than the threshold.
     #[error("{valid} valid signature(s) from trusted keys, {threshold} required ({detail})")]
     BelowThreshold {
@@ -211,6 +228,11 @@ impl TrustSet {
         if envelope.signatures.is_empty() {
             return Err(VerifyError::NoSignatures);
         }
+        if envelope.signatures.len() > MAX_SIGNATURES {
+            return Err(VerifyError::TooManySignatures {
+                count: envelope.signatures.len(),
+            });
+        }
         let payload = envelope.payload_bytes()?;
         let message = pae(&envelope.payload_type, &payload);
         let mut valid: BTreeMap<&str, ()> = BTreeMap::new();
@@ -241,6 +263,12 @@ impl TrustSet {
         if valid.len() < self.threshold {
             if notes.is_empty() {
                 notes.push("signatures repeat the same key".to_owned());
+            }
+            // A summary, not one line per signature: the envelope is the sender's to inflate.
+            let more = notes.len().saturating_sub(3);
+            notes.truncate(3);
+            if more > 0 {
+                notes.push(format!("{more} more"));
             }
             return Err(VerifyError::BelowThreshold {
                 valid: valid.len(),
@@ -274,6 +302,7 @@ impl TrustSet {
 
 /// Step 5: the tarball is exactly the one the statement names.
 pub fn check_tarball(statement: &Statement, tarball: &[u8]) -> Result<(), VerifyError> {
+    check_size(statement, &Limits::default())?;
     if tarball.len() as u64 != statement.bundle.size {
         return Err(VerifyError::SizeMismatch {
             expected: statement.bundle.size,
@@ -285,6 +314,19 @@ pub fn check_tarball(statement: &Statement, tarball: &[u8]) -> Result<(), Verify
         return Err(VerifyError::DigestMismatch {
             expected: statement.bundle.sha256,
             actual,
+        });
+    }
+    Ok(())
+}
+
+/// Step 5, before any byte is fetched or read: the size the statement names is within the
+/// format's caps, so a signed statement is the only thing that sets how much is read.
+pub fn check_size(statement: &Statement, limits: &Limits) -> Result<(), VerifyError> {
+    let limit = limits.max_bundle_size();
+    if statement.bundle.size > limit {
+        return Err(VerifyError::BundleTooLarge {
+            size: statement.bundle.size,
+            limit,
         });
     }
     Ok(())

@@ -472,3 +472,36 @@ fn truncated_and_garbage_input() {
         Err(BundleError::Corrupt(_))
     ));
 }
+
+/// Data after the end-of-archive blocks: a reader that stops at the end and one that reads
+/// on would see different things.
+#[test]
+fn data_after_the_end_of_archive_is_refused() {
+    let mut tar = raw_tar(&good());
+    tar.extend_from_slice(&raw_tar(&[file("manifests/evil.yaml", CM)]));
+    assert!(matches!(
+        read_bundle(gz(&tar).as_slice(), &Limits::default()),
+        Err(BundleError::TrailingData(_))
+    ));
+    // Zero padding to a full tar record is what tar writers add: allowed.
+    let mut padded = raw_tar(&good());
+    padded.resize(padded.len().div_ceil(10240) * 10240, 0);
+    assert!(read_bundle(gz(&padded).as_slice(), &Limits::default()).is_ok());
+}
+
+/// A second gzip member (which `gunzip` would concatenate) or trailing garbage.
+#[test]
+fn a_second_gzip_member_or_trailing_bytes_are_refused() {
+    let mut two = gz(&raw_tar(&good()));
+    two.extend_from_slice(&gz(b"more"));
+    assert!(matches!(
+        read_bundle(two.as_slice(), &Limits::default()),
+        Err(BundleError::TrailingData(_))
+    ));
+    let mut junk = gz(&raw_tar(&good()));
+    junk.extend_from_slice(b"junk");
+    assert!(matches!(
+        read_bundle(junk.as_slice(), &Limits::default()),
+        Err(BundleError::TrailingData(_))
+    ));
+}

@@ -16,6 +16,7 @@ pub struct HubProcess {
     /// The admin token.
     pub admin_token: String,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
 }
 
 /// A free loopback port (bound, then released).
@@ -30,6 +31,11 @@ impl HubProcess {
     /// Prepares `dir` (keys, admin token) and starts a hub with `repos_and_channels` (YAML
     /// for the `repos:` and `channels:` keys) appended to a generated config.
     pub fn start(dir: &Path, repos_and_channels: &str) -> Self {
+        Self::start_with_env(dir, repos_and_channels, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables for the process.
+    pub fn start_with_env(dir: &Path, repos_and_channels: &str, env: &[(&str, &str)]) -> Self {
         std::fs::create_dir_all(dir).expect("hub dir");
         if !dir.join("keys/signing.pem").exists() {
             let out = Command::new(bin("skiff-hub"))
@@ -55,6 +61,10 @@ impl HubProcess {
             port,
             admin_token,
             extra_args: Vec::new(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         hub.spawn();
         hub
@@ -72,6 +82,7 @@ impl HubProcess {
             .arg("--config")
             .arg(self.dir.join("hub.yaml"))
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("SKIFF_LOG", "info,skiff_hub=debug")
             .stdout(Stdio::null())
             .stderr(log)

@@ -104,6 +104,14 @@ impl Limits {
             .saturating_add((self.max_files as u64 + 1).saturating_mul(per_file))
             .saturating_add(10_240)
     }
+
+    /// The largest compressed bundle (`.tar.gz`) within these limits: the tar stream plus
+    /// deflate's worst-case growth on incompressible data. Readers refuse larger files (and
+    /// statements naming a larger size) before reading them.
+    pub fn max_bundle_size(&self) -> u64 {
+        let stream = self.max_tar_stream();
+        stream.saturating_add(stream / 500).saturating_add(1024)
+    }
 }
 
 /// Why a path is not acceptable inside a bundle.

@@ -3,11 +3,11 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use flate2::read::GzDecoder;
+use flate2::bufread::GzDecoder;
 
 use super::{BundleManifest, FORMAT_VERSION, Limits, MANIFEST_NAME, MANIFESTS_DIR, PathProblem, check_path};
 use crate::Sha256Digest;
@@ -171,6 +171,11 @@ pub enum BundleError {
         /// The cap.
         limit: u64,
     },
+    /// Bytes follow the archive: data after the end-of-archive blocks, a second gzip
+    /// member, or anything after the gzip stream. A reader that stops early and one that
+    /// reads on could see different bundles; neither is allowed to.
+    #[error("bundle has data after the end of the archive ({0})")]
+    TrailingData(&'static str),
     /// The default namespace is not a valid namespace name.
     #[error("bad default namespace {name:?}: {reason}")]
     BadNamespace {
@@ -196,16 +201,41 @@ pub fn read_bundle(tar_gz: impl Read, limits: &Limits) -> Result<Bundle, BundleE
     let cap = limits.max_tar_stream();
     let exceeded = Rc::new(Cell::new(false));
     let capped = CappedReader {
-        inner: GzDecoder::new(tar_gz),
+        inner: GzDecoder::new(BufReader::new(tar_gz)),
         left: cap,
         exceeded: exceeded.clone(),
     };
     let mut archive = tar::Archive::new(capped);
-    let result = read_entries(&mut archive, limits);
+    let result = read_entries(&mut archive, limits).and_then(|bundle| {
+        check_end(archive.into_inner())?;
+        Ok(bundle)
+    });
     if exceeded.get() {
         return Err(BundleError::DecompressedTooLarge { limit: cap });
     }
     result
+}
+
+/// After the end-of-archive blocks: only zero padding may remain of the tar stream, and
+/// nothing of the file after the (one) gzip member.
+fn check_end<R: Read>(mut rest: CappedReader<GzDecoder<BufReader<R>>>) -> Result<(), BundleError> {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = rest.read(&mut buf).map_err(BundleError::Corrupt)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(BundleError::TrailingData("bytes after the end-of-archive blocks"));
+        }
+    }
+    let mut raw = rest.inner.into_inner();
+    if !raw.fill_buf().map_err(BundleError::Corrupt)?.is_empty() {
+        return Err(BundleError::TrailingData(
+            "bytes after the gzip stream (a second gzip member?)",
+        ));
+    }
+    Ok(())
 }
 
 fn read_entries<R: Read>(archive: &mut tar::Archive<R>, limits: &Limits) -> Result<Bundle, BundleError> {
