@@ -199,7 +199,7 @@ async fn webhooks_trigger_an_immediate_fetch_and_need_the_secret() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = fleet_repo(&tmp.path().join("fleet"));
     let secret = tmp.path().join("webhook.secret");
-    std::fs::write(&secret, "hook-secret").unwrap();
+    std::fs::write(&secret, "hook-secret-0123456789").unwrap();
     let hub = HubProcess::start(
         &tmp.path().join("hub"),
         &config(
@@ -244,7 +244,7 @@ async fn webhooks_trigger_an_immediate_fetch_and_need_the_secret() {
     assert_eq!(post("sha256=0000".into()).await, StatusCode::UNAUTHORIZED);
     let start = Instant::now();
     use hmac::{KeyInit, Mac};
-    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(b"hook-secret").unwrap();
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(b"hook-secret-0123456789").unwrap();
     mac.update(body);
     let sig = format!(
         "sha256={}",
@@ -552,13 +552,19 @@ async fn reports_are_stored_once_and_show_in_status_export_and_import_round_trip
         .json()
         .await
         .unwrap();
-    assert_eq!(first, serde_json::json!({"stored": 1, "duplicates": 0}));
+    assert_eq!(
+        first,
+        serde_json::json!({"stored": 1, "duplicates": 0, "refused": 0})
+    );
     let again: Value = post(serde_json::json!([report]), token.clone())
         .await
         .json()
         .await
         .unwrap();
-    assert_eq!(again, serde_json::json!({"stored": 0, "duplicates": 1}));
+    assert_eq!(
+        again,
+        serde_json::json!({"stored": 0, "duplicates": 1, "refused": 0})
+    );
     let bad = post(serde_json::json!([{"seq": "x"}]), token.clone()).await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 

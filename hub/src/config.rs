@@ -191,6 +191,89 @@ pub struct HubConfig {
     /// Reports kept per cluster (default 200).
     #[serde(default = "default_history")]
     pub report_history: usize,
+    /// What one peer, one cluster, or everyone together may cost the hub.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Who may read `/metrics` and what it shows.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Budgets for what arrives from outside: connections, time, reports, downloads. The
+/// defaults carry a fleet of tens of thousands of agents (each holds one long-poll).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open connections at once, all peers together (default 50,000; never more than the
+    /// process's file descriptor limit allows).
+    pub max_connections: usize,
+    /// Open connections from one IP address (default 512; raise it for fleets behind one
+    /// NAT address, 0 for no per-address cap).
+    pub max_connections_per_address: usize,
+    /// Connections kept for admin requests and loopback peers when the rest are taken
+    /// (default 64).
+    pub admin_reserve: usize,
+    /// How long a new connection may wait before its first byte (default 10s).
+    #[serde(deserialize_with = "skiff_proto::config::duration")]
+    pub first_byte_timeout: Duration,
+    /// How long a whole request head may take from its first byte (default 10s).
+    #[serde(deserialize_with = "skiff_proto::config::duration")]
+    pub head_timeout: Duration,
+    /// How long a kept-alive connection may sit with nothing read or written (default 120s;
+    /// long-polls answer well within it).
+    #[serde(deserialize_with = "skiff_proto::config::duration")]
+    pub idle_timeout: Duration,
+    /// How long reading a request body and answering may take, long-polls and download
+    /// bodies aside (default 60s).
+    #[serde(deserialize_with = "skiff_proto::config::duration")]
+    pub request_timeout: Duration,
+    /// Bundle downloads one cluster may run at once (default 2).
+    pub downloads_per_cluster: usize,
+    /// Bytes of report history kept per cluster (default 2 MiB), besides `report_history`.
+    pub report_history_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 50_000,
+            max_connections_per_address: 512,
+            admin_reserve: 64,
+            first_byte_timeout: Duration::from_secs(10),
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(60),
+            downloads_per_cluster: 2,
+            report_history_bytes: 2 << 20,
+        }
+    }
+}
+
+/// `/metrics`: open (the default, as Prometheus expects on a private network), or behind a
+/// bearer token; per-cluster series only when asked for.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// File holding a token `/metrics` requires (`Authorization: Bearer …`); the admin token
+    /// works too. Unset: `/metrics` is open.
+    pub token_file: Option<PathBuf>,
+    /// Add per-cluster series (cluster names as labels: one series per cluster).
+    #[serde(default)]
+    pub per_cluster: bool,
+}
+
+/// Shortest admin token, metrics token or webhook secret accepted.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Checks a token or shared secret: [`MIN_SECRET_LEN`] characters at least.
+pub fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.trim().len() < MIN_SECRET_LEN {
+        Err(format!(
+            "must be at least {MIN_SECRET_LEN} characters (head -c 32 /dev/urandom | base64)"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// Why a repository URL carries a secret, if it does: a password in its user info
@@ -361,6 +444,26 @@ impl HubConfig {
                     ),
                 ));
             }
+            if let Some(path) = &r.webhook_secret_file {
+                match std::fs::read_to_string(path) {
+                    Ok(secret) if secret.trim().len() >= MIN_SECRET_LEN => {}
+                    Ok(_) => {
+                        return Err(invalid(
+                            format!("repos[{i}].webhook_secret_file"),
+                            format!(
+                                "{}: the secret must be at least {MIN_SECRET_LEN} characters (head -c 32 /dev/urandom | base64)",
+                                path.display()
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(invalid(
+                            format!("repos[{i}].webhook_secret_file"),
+                            format!("{}: {e}", path.display()),
+                        ));
+                    }
+                }
+            }
             if r.poll < Duration::from_secs(1) {
                 return Err(invalid(format!("repos[{i}].poll"), "must be at least 1s".into()));
             }
@@ -413,25 +516,48 @@ impl HubConfig {
         Ok(())
     }
 
-    /// The admin token, from the config or its file.
+    /// The admin token, from the config (or `SKIFF_HUB_ADMIN_TOKEN`) or its file; every
+    /// source must give at least [`MIN_SECRET_LEN`] characters.
     pub fn admin_token(&self) -> Result<String, ConfigError> {
-        if let Some(t) = &self.admin_token {
-            return Ok(t.trim().to_owned());
-        }
-        let path = self.admin_token_file.as_ref().expect("checked");
+        let (token, path, key) = match &self.admin_token {
+            Some(t) => (
+                t.trim().to_owned(),
+                PathBuf::from("config or environment"),
+                "admin_token",
+            ),
+            None => {
+                let path = self.admin_token_file.as_ref().expect("checked");
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                (text.trim().to_owned(), path.clone(), "admin_token_file")
+            }
+        };
+        check_secret(&token).map_err(|reason| ConfigError::Invalid {
+            path,
+            key: key.into(),
+            reason,
+        })?;
+        Ok(token)
+    }
+
+    /// The token `/metrics` requires, if one is configured.
+    pub fn metrics_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.metrics.token_file else {
+            return Ok(None);
+        };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.clone(),
             source,
         })?;
         let token = text.trim().to_owned();
-        if token.len() < 16 {
-            return Err(ConfigError::Invalid {
-                path: path.clone(),
-                key: "admin_token_file".into(),
-                reason: "the admin token must be at least 16 characters".into(),
-            });
-        }
-        Ok(token)
+        check_secret(&token).map_err(|reason| ConfigError::Invalid {
+            path: path.clone(),
+            key: "metrics.token_file".into(),
+            reason,
+        })?;
+        Ok(Some(token))
     }
 
     /// The URL agents use to reach this hub.

@@ -9,13 +9,13 @@ use std::sync::{Arc, RwLock};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use skiff_proto::Sha256Digest;
-use skiff_proto::api::{Desired, DesiredChannel, Report};
+use skiff_proto::api::{Desired, DesiredChannel, Report, limits};
 use skiff_proto::manifest::check_dns_label;
 use skiff_proto::statement::Timestamp;
 use tokio::sync::watch;
 
 use crate::config::ChannelConfig;
-use crate::store::{ChannelRecord, ClusterRecord, Store, StoreError};
+use crate::store::{ChannelRecord, ClusterRecord, HistoryLimit, ReportMeta, Store, StoreError};
 
 /// A fleet operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,9 +111,67 @@ pub struct ChannelStatus {
     pub clusters: Vec<String>,
 }
 
+/// What the hub keeps in memory of a channel's latest report: enough to compare and
+/// count; the report itself stays in the store.
+#[derive(Clone, Debug)]
+struct Latest {
+    time: Timestamp,
+    instance: String,
+    seq: u64,
+    outcome: skiff_proto::api::Outcome,
+    generation: Option<u64>,
+    drifted: usize,
+    unhealthy: bool,
+}
+
+impl Latest {
+    fn of(r: &Report) -> Self {
+        Self {
+            time: r.time,
+            instance: r.instance.clone(),
+            seq: r.seq,
+            outcome: r.outcome,
+            generation: r.generation,
+            drifted: r.drift.iter().filter(|d| !d.corrected).count(),
+            unhealthy: r.health.as_ref().is_some_and(|h| h.state != "Healthy"),
+        }
+    }
+}
+
+/// A cluster as `/metrics` counts it, from memory.
+#[derive(Clone, Debug)]
+pub struct ClusterSummary {
+    /// Name.
+    pub name: String,
+    /// `unseen`, `synced`, `progressing` or `failed`.
+    pub state: &'static str,
+    /// Drifted objects in the latest reports.
+    pub drifted: usize,
+    /// Channels whose latest health is not Healthy.
+    pub unhealthy: usize,
+    /// Last request from its agent.
+    pub last_seen: Option<Timestamp>,
+}
+
+/// How a batch of reports was taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// New reports stored.
+    pub stored: usize,
+    /// Reports already stored (retries, re-imports).
+    pub duplicates: usize,
+    /// Reports refused: too large, or for a channel that does not target the cluster.
+    pub refused: usize,
+}
+
+/// Agent store instances whose sequences a cluster's bookkeeping remembers.
+const INSTANCES_KEPT: usize = 8;
+
 struct State {
     channels: BTreeMap<String, ChannelRecord>,
     clusters: HashMap<String, ClusterRecord>,
+    meta: HashMap<String, ReportMeta>,
+    latest: HashMap<String, BTreeMap<String, Latest>>,
     /// token hash → cluster name
     tokens: HashMap<String, String>,
     seen_dirty: HashSet<String>,
@@ -127,7 +185,7 @@ pub struct Fleet {
     store: Store,
     channels: Vec<ChannelConfig>,
     changes: watch::Sender<u64>,
-    history: usize,
+    history: HistoryLimit,
 }
 
 /// Hex SHA-256 of a token.
@@ -171,14 +229,48 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), FleetError> {
 
 impl Fleet {
     /// Loads the fleet from the store.
-    pub fn load(store: Store, channels: Vec<ChannelConfig>, history: usize) -> Result<Self, FleetError> {
+    pub fn load(
+        store: Store,
+        channels: Vec<ChannelConfig>,
+        history: HistoryLimit,
+    ) -> Result<Self, FleetError> {
         let mut records = store.channels()?;
         for c in &channels {
             records.entry(c.name.clone()).or_default();
         }
         // Channels no longer configured keep their records in the store but are not served.
         records.retain(|name, _| channels.iter().any(|c| c.name == *name));
-        let clusters: HashMap<String, ClusterRecord> = store.clusters()?.into_iter().collect();
+        let mut clusters: HashMap<String, ClusterRecord> = store.clusters()?.into_iter().collect();
+        let mut meta: HashMap<String, ReportMeta> = store.report_meta()?.into_iter().collect();
+        let mut all_latest = store.all_latest()?;
+        // Records written by older hubs carry their latest reports inside: move them out.
+        for c in clusters.values_mut() {
+            let legacy = std::mem::take(&mut c.legacy_reports);
+            if legacy.is_empty() || all_latest.contains_key(&c.name) {
+                continue;
+            }
+            let encoded: Vec<(String, Vec<u8>)> = legacy
+                .iter()
+                .map(|(ch, r)| (ch.clone(), serde_json::to_vec(r).expect("serializes")))
+                .collect();
+            let m = store.add_reports(
+                &c.name,
+                meta.remove(&c.name).unwrap_or_default(),
+                &[],
+                &encoded,
+                history,
+            )?;
+            store.put_clusters([&*c])?;
+            meta.insert(c.name.clone(), m);
+            all_latest.insert(c.name.clone(), legacy);
+        }
+        let latest = all_latest
+            .into_iter()
+            .map(|(cluster, reports)| {
+                let summaries = reports.into_iter().map(|(ch, r)| (ch, Latest::of(&r))).collect();
+                (cluster, summaries)
+            })
+            .collect();
         let tokens = clusters
             .values()
             .map(|c| (c.token_hash.clone(), c.name.clone()))
@@ -188,6 +280,8 @@ impl Fleet {
             state: RwLock::new(State {
                 channels: records,
                 clusters,
+                meta,
+                latest,
                 tokens,
                 seen_dirty: HashSet::new(),
                 cache: HashMap::new(),
@@ -240,18 +334,21 @@ impl Fleet {
         }
     }
 
-    /// Writes pending `last_seen` times.
+    /// Writes pending `last_seen` times (one small entry per cluster seen).
     pub fn flush_seen(&self) -> Result<(), FleetError> {
-        let records: Vec<ClusterRecord> = {
+        let seen: Vec<(String, Timestamp)> = {
             let mut state = self.state.write().expect("fleet lock");
             let dirty: Vec<String> = state.seen_dirty.drain().collect();
             dirty
-                .iter()
-                .filter_map(|n| state.clusters.get(n).cloned())
+                .into_iter()
+                .filter_map(|n| {
+                    let at = state.clusters.get(&n)?.last_seen?;
+                    Some((n, at))
+                })
                 .collect()
         };
-        if !records.is_empty() {
-            self.store.put_clusters(&records)?;
+        if !seen.is_empty() {
+            self.store.put_seen(&seen)?;
         }
         Ok(())
     }
@@ -351,10 +448,7 @@ impl Fleet {
             labels,
             created: Timestamp::now(),
             last_seen: None,
-            instance: None,
-            last_seq: 0,
-            channels: BTreeMap::new(),
-            reports_stored: 0,
+            legacy_reports: BTreeMap::new(),
         };
         self.store.put_clusters([&record])?;
         state.tokens.insert(record.token_hash.clone(), name.to_owned());
@@ -399,6 +493,8 @@ impl Fleet {
         if let Some(r) = state.clusters.remove(name) {
             state.tokens.remove(&r.token_hash);
         }
+        state.meta.remove(name);
+        state.latest.remove(name);
         self.changed(&mut state);
         Ok(())
     }
@@ -417,95 +513,200 @@ impl Fleet {
         state.tokens.remove(&old);
         state.tokens.insert(record.token_hash.clone(), name.to_owned());
         state.clusters.insert(name.to_owned(), record);
+        // Wakes held long-polls, which check their token again: the old one gets 401.
+        self.changed(&mut state);
         Ok(token)
     }
 
-    /// Stores reports from a cluster, in order, each (instance, seq) once. Returns, per
-    /// report, whether it was new.
-    pub fn add_reports(&self, cluster: &str, reports: Vec<Report>) -> Result<Vec<bool>, FleetError> {
+    /// Stores reports from a cluster, in order, each (instance, seq) once. A report is
+    /// refused when it is larger than [`limits::MAX_REPORT_BYTES`] or names a channel that
+    /// does not target the cluster; a channel's latest report is replaced only by a newer
+    /// one, so a re-import of old reports never reverts the status.
+    pub fn add_reports(&self, cluster: &str, reports: Vec<Report>) -> Result<Taken, FleetError> {
         let mut state = self.state.write().expect("fleet lock");
-        let mut record = state
+        let record = state
             .clusters
             .get(cluster)
             .cloned()
             .ok_or_else(|| FleetError::UnknownCluster(cluster.to_owned()))?;
-        let mut stored = Vec::new();
-        let mut flags = Vec::with_capacity(reports.len());
+        let mut meta = state.meta.get(cluster).cloned().unwrap_or_default();
+        let mut latest = state.latest.get(cluster).cloned().unwrap_or_default();
+        let mut taken = Taken::default();
+        let mut encoded = Vec::new();
+        let mut changed_latest: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for report in reports {
-            let new_instance = record.instance.as_deref() != Some(report.instance.as_str());
-            if !new_instance && report.seq <= record.last_seq {
-                flags.push(false);
+            let bytes = serde_json::to_vec(&report).expect("serializes");
+            if bytes.len() > limits::MAX_REPORT_BYTES || !self.targets(&report.channel, &record) {
+                taken.refused += 1;
                 continue;
             }
-            record.instance = Some(report.instance.clone());
-            record.last_seq = report.seq;
-            record.channels.insert(report.channel.clone(), report.clone());
-            stored.push((record.reports_stored, report));
-            record.reports_stored += 1;
-            flags.push(true);
+            let known = meta.instances.iter().position(|(i, _)| *i == report.instance);
+            if let Some(i) = known {
+                if report.seq <= meta.instances[i].1 {
+                    taken.duplicates += 1;
+                    continue;
+                }
+                meta.instances.remove(i);
+            }
+            meta.instances.insert(0, (report.instance.clone(), report.seq));
+            meta.instances.truncate(INSTANCES_KEPT);
+            let newer = latest.get(&report.channel).is_none_or(|l| {
+                (report.time, report.seq) >= (l.time, l.seq)
+                    || report.instance == l.instance && report.seq > l.seq
+            });
+            if newer {
+                latest.insert(report.channel.clone(), Latest::of(&report));
+                changed_latest.insert(report.channel.clone(), bytes.clone());
+            }
+            encoded.push(bytes);
+            taken.stored += 1;
         }
-        if !stored.is_empty() {
-            record.last_seen = Some(Timestamp::now());
-            self.store.add_reports(&record, &stored, self.history)?;
-            state.clusters.insert(cluster.to_owned(), record);
+        if !encoded.is_empty() {
+            let latest_rows: Vec<(String, Vec<u8>)> = changed_latest.into_iter().collect();
+            let meta = self
+                .store
+                .add_reports(cluster, meta, &encoded, &latest_rows, self.history)?;
+            state.meta.insert(cluster.to_owned(), meta);
+            state.latest.insert(cluster.to_owned(), latest);
+            if let Some(c) = state.clusters.get_mut(cluster) {
+                c.last_seen = Some(Timestamp::now());
+            }
+            state.seen_dirty.insert(cluster.to_owned());
         }
-        Ok(flags)
+        Ok(taken)
     }
 
-    /// Every cluster with its per-channel state.
-    pub fn cluster_statuses(&self) -> Vec<ClusterStatus> {
+    /// A page of clusters with their per-channel state, by name: at most `limit` clusters
+    /// whose names sort after `after`. Latest reports are read from the store for the page.
+    pub fn cluster_statuses(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ClusterStatus>, FleetError> {
+        let page: Vec<(ClusterRecord, Vec<String>)> = {
+            let state = self.state.read().expect("fleet lock");
+            let mut names: Vec<&String> = state
+                .clusters
+                .keys()
+                .filter(|n| after.is_none_or(|a| n.as_str() > a))
+                .collect();
+            names.sort();
+            names.truncate(limit);
+            names
+                .into_iter()
+                .map(|n| {
+                    let c = state.clusters[n].clone();
+                    let targeted: Vec<String> = state
+                        .channels
+                        .keys()
+                        .filter(|ch| self.targets(ch, &c))
+                        .cloned()
+                        .collect();
+                    (c, targeted)
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(page.len());
+        for (c, targeted) in page {
+            let reports = self.store.latest(&c.name)?;
+            let mut names: Vec<&String> = targeted.iter().collect();
+            for reported in reports.keys() {
+                if !names.contains(&reported) {
+                    names.push(reported);
+                }
+            }
+            names.sort();
+            let state = self.state.read().expect("fleet lock");
+            let channels = names
+                .into_iter()
+                .map(|name| {
+                    let is_targeted = targeted.contains(name);
+                    let desired = state
+                        .channels
+                        .get(name)
+                        .filter(|r| is_targeted && r.generation > 0);
+                    let report = reports.get(name);
+                    ClusterChannelStatus {
+                        channel: name.clone(),
+                        targeted: is_targeted,
+                        desired_generation: desired.map(|r| r.generation),
+                        applied_generation: report
+                            .filter(|r| {
+                                matches!(
+                                    r.outcome,
+                                    skiff_proto::api::Outcome::Applied | skiff_proto::api::Outcome::Checked
+                                )
+                            })
+                            .and_then(|r| r.generation),
+                        result: report.map(|r| format!("{:?}", r.outcome).to_lowercase()),
+                        message: report.and_then(|r| r.message.clone()),
+                        drifted: report.map_or(0, |r| r.drift.iter().filter(|d| !d.corrected).count()),
+                        corrected: report.map_or(0, |r| r.drift.iter().filter(|d| d.corrected).count()),
+                        health: report.and_then(|r| r.health.as_ref().map(|h| h.state.clone())),
+                        drift: report.map(|r| r.drift.clone()).unwrap_or_default(),
+                        reported: report.map(|r| r.time),
+                    }
+                })
+                .collect();
+            out.push(ClusterStatus {
+                name: c.name.clone(),
+                labels: c.labels.clone(),
+                created: c.created,
+                last_seen: state.clusters.get(&c.name).and_then(|r| r.last_seen),
+                channels,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every cluster's state for `/metrics`, from memory.
+    pub fn summaries(&self) -> Vec<ClusterSummary> {
+        use skiff_proto::api::Outcome;
         let state = self.state.read().expect("fleet lock");
-        let mut out: Vec<ClusterStatus> = state
+        let none = BTreeMap::new();
+        let mut out: Vec<ClusterSummary> = state
             .clusters
             .values()
             .map(|c| {
-                let mut names: Vec<&String> = state.channels.keys().filter(|n| self.targets(n, c)).collect();
-                for reported in c.channels.keys() {
-                    if !names.contains(&reported) {
-                        names.push(reported);
-                    }
-                }
-                names.sort();
-                let channels = names
-                    .into_iter()
-                    .map(|name| {
-                        let targeted = self.targets(name, c);
-                        let desired = state.channels.get(name).filter(|r| targeted && r.generation > 0);
-                        let report = c.channels.get(name);
-                        ClusterChannelStatus {
-                            channel: name.clone(),
-                            targeted,
-                            desired_generation: desired.map(|r| r.generation),
-                            applied_generation: report
-                                .filter(|r| {
-                                    matches!(
-                                        r.outcome,
-                                        skiff_proto::api::Outcome::Applied
-                                            | skiff_proto::api::Outcome::Checked
-                                    )
-                                })
-                                .and_then(|r| r.generation),
-                            result: report.map(|r| format!("{:?}", r.outcome).to_lowercase()),
-                            message: report.and_then(|r| r.message.clone()),
-                            drifted: report.map_or(0, |r| r.drift.iter().filter(|d| !d.corrected).count()),
-                            corrected: report.map_or(0, |r| r.drift.iter().filter(|d| d.corrected).count()),
-                            health: report.and_then(|r| r.health.as_ref().map(|h| h.state.clone())),
-                            drift: report.map(|r| r.drift.clone()).unwrap_or_default(),
-                            reported: report.map(|r| r.time),
-                        }
-                    })
-                    .collect();
-                ClusterStatus {
+                let latest = state.latest.get(&c.name).unwrap_or(&none);
+                let failed = latest
+                    .values()
+                    .any(|l| matches!(l.outcome, Outcome::Failed | Outcome::Rejected));
+                let synced = state
+                    .channels
+                    .iter()
+                    .filter(|(name, r)| r.generation > 0 && self.targets(name, c))
+                    .all(|(name, r)| {
+                        latest.get(name).is_some_and(|l| {
+                            matches!(l.outcome, Outcome::Applied | Outcome::Checked)
+                                && l.generation == Some(r.generation)
+                        })
+                    });
+                let state = if c.last_seen.is_none() {
+                    "unseen"
+                } else if failed {
+                    "failed"
+                } else if synced {
+                    "synced"
+                } else {
+                    "progressing"
+                };
+                ClusterSummary {
                     name: c.name.clone(),
-                    labels: c.labels.clone(),
-                    created: c.created,
+                    state,
+                    drifted: latest.values().map(|l| l.drifted).sum(),
+                    unhealthy: latest.values().filter(|l| l.unhealthy).count(),
                     last_seen: c.last_seen,
-                    channels,
                 }
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// Whether a token is (still) the token of `cluster`.
+    pub fn token_is_for(&self, cluster: &str, token: &str) -> bool {
+        self.cluster_of_token(token).as_deref() == Some(cluster)
     }
 
     /// Every configured channel with its state and targeted clusters.

@@ -23,13 +23,17 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
     let key_path = config.signing_key.as_ref().expect("checked by config");
     let key = Arc::new(SigningKey::load(key_path)?);
     let admin_token = config.admin_token()?;
+    let metrics_token = config.metrics_token()?;
     let tls = config.tls.as_ref().map(api::tls_config).transpose()?;
 
     let store = Store::open(&config.data_dir)?;
     let fleet = Arc::new(Fleet::load(
         store,
         config.channels.clone(),
-        config.report_history,
+        crate::store::HistoryLimit {
+            count: config.report_history,
+            bytes: config.limits.report_history_bytes,
+        },
     )?);
     let metrics = Arc::new(Metrics::default());
     let sources = Arc::new(Sources::new(
@@ -67,6 +71,10 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
         config: config.clone(),
         shutdown: shutdown_rx.clone(),
         public_keys: vec![key.public_key().to_spki_pem()],
+        connections: Default::default(),
+        metrics_token_hash: metrics_token.as_deref().map(token_hash),
+        downloads: Default::default(),
+        deliveries: Default::default(),
     });
     sources.spawn();
 

@@ -17,6 +17,12 @@ use skiff_proto::statement::Timestamp;
 const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("channels");
 const CLUSTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("clusters");
 const REPORTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("reports");
+/// Latest report per (cluster, channel), apart from the cluster record.
+const LATEST: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("latest_reports");
+/// Report bookkeeping per cluster: sequences per agent instance, history count and bytes.
+const REPORT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("report_meta");
+/// Last time each cluster's agent was seen (Unix seconds): written often, so kept small.
+const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +94,9 @@ pub struct ChannelRecord {
     pub updated: Option<Timestamp>,
 }
 
-/// A registered cluster.
+/// A registered cluster: the small record written when an admin changes it. Reports,
+/// report bookkeeping and last-seen times live in tables of their own, so an agent's
+/// traffic never rewrites it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterRecord {
@@ -100,16 +108,36 @@ pub struct ClusterRecord {
     pub labels: BTreeMap<String, String>,
     /// When registered.
     pub created: Timestamp,
-    /// Last request from its agent.
+    /// Last request from its agent (kept in its own table; read from records written by
+    /// older hubs).
+    #[serde(default, skip_serializing)]
     pub last_seen: Option<Timestamp>,
-    /// The agent store instance whose sequence numbers `last_seq` counts.
-    pub instance: Option<String>,
-    /// Highest report sequence stored for `instance`.
-    pub last_seq: u64,
-    /// Latest report per channel.
-    pub channels: BTreeMap<String, Report>,
-    /// Number of reports ever stored (the key of the next one in the history).
-    pub reports_stored: u64,
+    /// Latest report per channel, as older hubs wrote it inside the record (moved to its
+    /// own table on load).
+    #[serde(default, skip_serializing)]
+    pub legacy_reports: BTreeMap<String, Report>,
+}
+
+/// Report bookkeeping of one cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportMeta {
+    /// Highest sequence stored per agent store instance, most recent first (a few kept:
+    /// an agent whose store was wiped starts a new instance).
+    pub instances: Vec<(String, u64)>,
+    /// Reports ever stored (the key of the next one in the history).
+    pub stored: u64,
+    /// Bytes of history kept.
+    pub bytes: u64,
+}
+
+/// How much report history a cluster keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryLimit {
+    /// Reports.
+    pub count: usize,
+    /// Bytes.
+    pub bytes: u64,
 }
 
 /// The hub's store.
@@ -137,6 +165,9 @@ impl Store {
             txn.open_table(CHANNELS)?;
             txn.open_table(CLUSTERS)?;
             txn.open_table(REPORTS)?;
+            txn.open_table(LATEST)?;
+            txn.open_table(REPORT_META)?;
+            txn.open_table(SEEN)?;
             Ok(())
         })?;
         Ok(store)
@@ -181,9 +212,73 @@ impl Store {
         self.load(CHANNELS)
     }
 
-    /// Every cluster record.
+    /// Every cluster record, with its last-seen time.
     pub fn clusters(&self) -> Result<BTreeMap<String, ClusterRecord>, StoreError> {
-        self.load(CLUSTERS)
+        let mut clusters: BTreeMap<String, ClusterRecord> = self.load(CLUSTERS)?;
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let seen = txn.open_table(SEEN).map_err(|e| self.db_err(e))?;
+        for entry in seen.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            if let Some(c) = clusters.get_mut(k.value()) {
+                c.last_seen = Some(Timestamp::from_unix_seconds(v.value()));
+            }
+        }
+        Ok(clusters)
+    }
+
+    /// Every cluster's report bookkeeping.
+    pub fn report_meta(&self) -> Result<BTreeMap<String, ReportMeta>, StoreError> {
+        self.load(REPORT_META)
+    }
+
+    /// The latest report per channel of every cluster.
+    pub fn all_latest(&self) -> Result<BTreeMap<String, BTreeMap<String, Report>>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(LATEST).map_err(|e| self.db_err(e))?;
+        let mut out: BTreeMap<String, BTreeMap<String, Report>> = BTreeMap::new();
+        for entry in t.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let (cluster, channel) = k.value();
+            let report = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                key: format!("latest_reports/{cluster}/{channel}"),
+                message: e.to_string(),
+            })?;
+            out.entry(cluster.to_owned())
+                .or_default()
+                .insert(channel.to_owned(), report);
+        }
+        Ok(out)
+    }
+
+    /// The latest report per channel of one cluster.
+    pub fn latest(&self, cluster: &str) -> Result<BTreeMap<String, Report>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(LATEST).map_err(|e| self.db_err(e))?;
+        let mut out = BTreeMap::new();
+        for entry in t.range((cluster, "")..).map_err(|e| self.db_err(e))? {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let (c, channel) = k.value();
+            if c != cluster {
+                break;
+            }
+            let report = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                key: format!("latest_reports/{cluster}/{channel}"),
+                message: e.to_string(),
+            })?;
+            out.insert(channel.to_owned(), report);
+        }
+        Ok(out)
+    }
+
+    /// Records when clusters were last seen: one small entry each.
+    pub fn put_seen(&self, seen: &[(String, Timestamp)]) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut t = txn.open_table(SEEN)?;
+            for (name, at) in seen {
+                t.insert(name.as_str(), at.unix_seconds())?;
+            }
+            Ok(())
+        })
     }
 
     /// Writes a channel record.
@@ -217,6 +312,20 @@ impl Store {
     pub fn remove_cluster(&self, name: &str) -> Result<(), StoreError> {
         self.write(|txn| {
             txn.open_table(CLUSTERS)?.remove(name)?;
+            txn.open_table(SEEN)?.remove(name)?;
+            txn.open_table(REPORT_META)?.remove(name)?;
+            let mut latest = txn.open_table(LATEST)?;
+            let channels: Vec<String> = latest
+                .range((name, "")..)?
+                .map(|e| e.map(|(k, _)| (k.value().0.to_owned(), k.value().1.to_owned())))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .take_while(|(c, _)| c == name)
+                .map(|(_, ch)| ch)
+                .collect();
+            for ch in channels {
+                latest.remove((name, ch.as_str()))?;
+            }
             let mut reports = txn.open_table(REPORTS)?;
             let keys: Vec<u64> = reports
                 .range((name, 0)..=(name, u64::MAX))?
@@ -229,38 +338,50 @@ impl Store {
         })
     }
 
-    /// Stores new reports of a cluster together with its updated record, keeping at most
-    /// `keep` reports of history.
+    /// Stores new reports of a cluster (already encoded, keyed from `meta.stored` on), the
+    /// channels' latest reports that changed, and the bookkeeping, in one transaction; old
+    /// history goes until both caps of `keep` hold. Returns the bookkeeping as stored.
     pub fn add_reports(
         &self,
-        cluster: &ClusterRecord,
-        reports: &[(u64, Report)],
-        keep: usize,
-    ) -> Result<(), StoreError> {
-        let record = serde_json::to_vec(cluster).expect("serializes");
-        let encoded: Vec<(u64, Vec<u8>)> = reports
-            .iter()
-            .map(|(k, r)| (*k, serde_json::to_vec(r).expect("serializes")))
-            .collect();
-        let name = cluster.name.as_str();
-        let oldest_kept = cluster.reports_stored.saturating_sub(keep as u64);
+        cluster: &str,
+        mut meta: ReportMeta,
+        reports: &[Vec<u8>],
+        latest: &[(String, Vec<u8>)],
+        keep: HistoryLimit,
+    ) -> Result<ReportMeta, StoreError> {
         self.write(|txn| {
-            txn.open_table(CLUSTERS)?.insert(name, record.as_slice())?;
             let mut t = txn.open_table(REPORTS)?;
-            for (k, bytes) in &encoded {
-                t.insert((name, *k), bytes.as_slice())?;
+            for bytes in reports {
+                t.insert((cluster, meta.stored), bytes.as_slice())?;
+                meta.stored += 1;
+                meta.bytes += bytes.len() as u64;
             }
-            if oldest_kept > 0 {
-                let old: Vec<u64> = t
-                    .range((name, 0)..(name, oldest_kept))?
-                    .map(|e| e.map(|(k, _)| k.value().1))
-                    .collect::<Result<_, _>>()?;
-                for k in old {
-                    t.remove((name, k))?;
+            // Oldest first, until the count and the bytes are within the caps.
+            let mut count = t.range((cluster, 0)..=(cluster, u64::MAX))?.count() as u64;
+            let mut victims = Vec::new();
+            if count > keep.count as u64 || meta.bytes > keep.bytes {
+                for entry in t.range((cluster, 0)..=(cluster, u64::MAX))? {
+                    if count <= keep.count as u64 && meta.bytes <= keep.bytes {
+                        break;
+                    }
+                    let (k, v) = entry?;
+                    victims.push(k.value().1);
+                    meta.bytes = meta.bytes.saturating_sub(v.value().len() as u64);
+                    count -= 1;
                 }
             }
+            for k in victims {
+                t.remove((cluster, k))?;
+            }
+            let mut l = txn.open_table(LATEST)?;
+            for (channel, bytes) in latest {
+                l.insert((cluster, channel.as_str()), bytes.as_slice())?;
+            }
+            let encoded = serde_json::to_vec(&meta).expect("serializes");
+            txn.open_table(REPORT_META)?.insert(cluster, encoded.as_slice())?;
             Ok(())
-        })
+        })?;
+        Ok(meta)
     }
 
     /// The newest `limit` reports of a cluster, oldest first.

@@ -101,7 +101,12 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
-    pub fn render(&self, fleet: &Fleet) -> String {
+    pub fn render(
+        &self,
+        fleet: &Fleet,
+        connections: &crate::api::conns::Tracker,
+        per_cluster: bool,
+    ) -> String {
         let mut out = String::new();
         family(
             &mut out,
@@ -215,59 +220,88 @@ impl Metrics {
             );
         }
 
-        let clusters = fleet.cluster_statuses();
+        let clusters = fleet.summaries();
         let mut by_state: BTreeMap<&str, u64> = ["unseen", "synced", "progressing", "failed"]
             .iter()
             .map(|s| (*s, 0))
             .collect();
-        family(
-            &mut out,
-            "skiff_hub_cluster_drifted_objects",
-            "gauge",
-            "Drifted objects in each cluster's latest reports.",
-        );
-        family(
-            &mut out,
-            "skiff_hub_cluster_unhealthy_channels",
-            "gauge",
-            "Channels whose latest health is not Healthy, per cluster.",
-        );
         for c in &clusters {
-            let failed = c
-                .channels
-                .iter()
-                .any(|ch| matches!(ch.result.as_deref(), Some("failed" | "rejected")));
-            let synced =
-                c.channels.iter().filter(|ch| ch.targeted).all(|ch| {
-                    ch.desired_generation.is_none() || ch.applied_generation == ch.desired_generation
-                });
-            let state = if c.last_seen.is_none() {
-                "unseen"
-            } else if failed {
-                "failed"
-            } else if synced {
-                "synced"
-            } else {
-                "progressing"
-            };
-            *by_state.entry(state).or_default() += 1;
-            let drifted: usize = c.channels.iter().map(|ch| ch.drifted).sum();
-            let unhealthy = c
-                .channels
-                .iter()
-                .filter(|ch| ch.health.as_deref().is_some_and(|h| h != "Healthy"))
-                .count();
-            let _ = writeln!(
-                out,
-                "skiff_hub_cluster_drifted_objects{{cluster=\"{}\"}} {drifted}",
-                c.name
-            );
-            let _ = writeln!(
-                out,
-                "skiff_hub_cluster_unhealthy_channels{{cluster=\"{}\"}} {unhealthy}",
-                c.name
-            );
+            *by_state.entry(c.state).or_default() += 1;
         }
+        if per_cluster {
+            // One series per cluster: opt-in, since a fleet of thousands makes thousands.
+            family(
+                &mut out,
+                "skiff_hub_cluster_drifted_objects",
+                "gauge",
+                "Drifted objects in each cluster's latest reports.",
+            );
+            for c in &clusters {
+                let _ = writeln!(
+                    out,
+                    "skiff_hub_cluster_drifted_objects{{cluster=\"{}\"}} {}",
+                    c.name, c.drifted
+                );
+            }
+            family(
+                &mut out,
+                "skiff_hub_cluster_unhealthy_channels",
+                "gauge",
+                "Channels whose latest health is not Healthy, per cluster.",
+            );
+            for c in &clusters {
+                let _ = writeln!(
+                    out,
+                    "skiff_hub_cluster_unhealthy_channels{{cluster=\"{}\"}} {}",
+                    c.name, c.unhealthy
+                );
+            }
+            family(
+                &mut out,
+                "skiff_hub_cluster_last_seen_timestamp_seconds",
+                "gauge",
+                "Unix time each cluster's agent was last heard from.",
+            );
+            for c in &clusters {
+                if let Some(t) = c.last_seen {
+                    let _ = writeln!(
+                        out,
+                        "skiff_hub_cluster_last_seen_timestamp_seconds{{cluster=\"{}\"}} {}",
+                        c.name,
+                        t.unix_seconds()
+                    );
+                }
+            }
+        }
+        family(
+            &mut out,
+            "skiff_hub_drifted_objects",
+            "gauge",
+            "Drifted objects in all clusters' latest reports.",
+        );
+        let _ = writeln!(
+            out,
+            "skiff_hub_drifted_objects {}",
+            clusters.iter().map(|c| c.drifted).sum::<usize>()
+        );
+        family(
+            &mut out,
+            "skiff_hub_connections_open",
+            "gauge",
+            "Open connections to the hub.",
+        );
+        let _ = writeln!(out, "skiff_hub_connections_open {}", connections.open());
+        family(
+            &mut out,
+            "skiff_hub_connections_refused_total",
+            "counter",
+            "Connections closed at once at the connection limits.",
+        );
+        let _ = writeln!(
+            out,
+            "skiff_hub_connections_refused_total {}",
+            connections.refused.load(std::sync::atomic::Ordering::Relaxed)
+        );
         family(
             &mut out,
             "skiff_hub_clusters",

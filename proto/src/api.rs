@@ -277,6 +277,10 @@ pub struct ReportAck {
     pub stored: usize,
     /// Reports already stored before (retries), ignored.
     pub duplicates: usize,
+    /// Reports the hub refused and will never store (too large, or for a channel that does
+    /// not target the cluster); the agent drops them like delivered ones.
+    #[serde(default)]
+    pub refused: usize,
 }
 
 /// Reports carried across an air gap: `skiff-agent report export` writes it,

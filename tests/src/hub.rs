@@ -102,6 +102,11 @@ impl HubProcess {
         panic!("skiff-hub did not listen within 20s:\n{}", self.log());
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

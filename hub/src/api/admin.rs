@@ -61,9 +61,31 @@ macro_rules! admin {
 }
 
 /// `GET /v1/admin/clusters` and `/v1/admin/status`.
-pub async fn list_clusters(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+pub async fn list_clusters(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> Response {
     admin!(state, headers);
-    Json(state.fleet.cluster_statuses()).into_response()
+    let limit = page.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let fleet = state.fleet.clone();
+    match tokio::task::spawn_blocking(move || fleet.cluster_statuses(page.after.as_deref(), limit)).await {
+        Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(e)) => fleet_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Most clusters in one status page.
+pub const MAX_PAGE: usize = 1000;
+
+/// `?limit=N&after=NAME`: a page of clusters by name.
+#[derive(Debug, serde::Deserialize)]
+pub struct Page {
+    /// Most clusters (at most [`MAX_PAGE`]).
+    pub limit: Option<usize>,
+    /// Clusters whose names sort after this one.
+    pub after: Option<String>,
 }
 
 /// `POST /v1/admin/clusters`

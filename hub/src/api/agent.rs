@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use skiff_proto::Sha256Digest;
-use skiff_proto::api::{MAX_WAIT_SECONDS, Report, ReportAck};
+use skiff_proto::api::{MAX_WAIT_SECONDS, Report, ReportAck, limits};
 
 use super::auth::{Caller, Denied, caller, require_cluster, require_cluster_token};
 use super::{AppState, error};
@@ -110,6 +110,10 @@ pub(crate) async fn desired_reply(
                 if changed.is_err() {
                     break;
                 }
+                // A token rotated (or a cluster removed) while the poll waited ends it.
+                if !token.is_some_and(|t| state.fleet.token_is_for(cluster, t)) {
+                    return DesiredReply::Denied(Denied::Unauthorized);
+                }
                 match state.fleet.desired(cluster) {
                     Some(now) if now.etag != answer.etag => return DesiredReply::Body(now),
                     Some(_) => {}
@@ -148,30 +152,116 @@ pub async fn desired(
     }
 }
 
-/// A byte range of a body of `len` bytes: `bytes=a-b`, `bytes=a-`, `bytes=-n`.
-fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
-    let spec = value.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().ok()?;
-            (len.saturating_sub(n), len.checked_sub(1)?)
-        }
-        (a, "") => (a.parse().ok()?, len.checked_sub(1)?),
-        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(len.checked_sub(1)?)),
-    };
-    (start <= end && start < len).then_some((start, end))
+/// What a `Range` header asks of a body of `len` bytes (RFC 9110 §14).
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAsk {
+    /// No usable range (absent, another unit, bad syntax, several ranges): the whole body.
+    Whole,
+    /// Bytes `start..=end`.
+    Part(u64, u64),
+    /// A well-formed range that lies outside the body: 416.
+    Unsatisfiable,
 }
 
-/// `GET /v1/bundles/{sha256}`
+fn parse_range(value: Option<&str>, len: u64) -> RangeAsk {
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return RangeAsk::Whole; // other units are ignored (§14.2)
+    };
+    if spec.contains(',') {
+        return RangeAsk::Whole; // a server may ignore multiple ranges
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeAsk::Whole;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    let (a, b) = (a.trim(), b.trim());
+    match (a.is_empty(), b.is_empty()) {
+        // bytes=-N: the last N bytes.
+        (true, false) if digits(b) => match b.parse::<u64>() {
+            Ok(0) => RangeAsk::Unsatisfiable,
+            Ok(n) if len > 0 => RangeAsk::Part(len.saturating_sub(n), len - 1),
+            Ok(_) => RangeAsk::Unsatisfiable,
+            Err(_) => RangeAsk::Whole,
+        },
+        // bytes=A- and bytes=A-B
+        (false, _) if digits(a) && (b.is_empty() || digits(b)) => {
+            let Ok(start) = a.parse::<u64>() else {
+                return RangeAsk::Whole;
+            };
+            let end = if b.is_empty() {
+                u64::MAX
+            } else {
+                b.parse::<u64>().unwrap_or(u64::MAX)
+            };
+            if end < start {
+                RangeAsk::Whole // invalid syntax: ignored
+            } else if start >= len {
+                RangeAsk::Unsatisfiable
+            } else {
+                RangeAsk::Part(start, end.min(len - 1))
+            }
+        }
+        _ => RangeAsk::Whole,
+    }
+}
+
+/// A download's place in its cluster's share; given back when the body is done or dropped.
+struct DownloadSlot {
+    state: Arc<AppState>,
+    cluster: String,
+}
+
+impl DownloadSlot {
+    fn take(state: &Arc<AppState>, cluster: &str) -> Option<Self> {
+        let mut running = state.downloads.lock().expect("downloads");
+        let n = running.entry(cluster.to_owned()).or_insert(0);
+        if *n >= state.config.limits.downloads_per_cluster.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            state: state.clone(),
+            cluster: cluster.to_owned(),
+        })
+    }
+}
+
+impl Drop for DownloadSlot {
+    fn drop(&mut self) {
+        let mut running = self.state.downloads.lock().expect("downloads");
+        if let Some(n) = running.get_mut(&self.cluster) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.cluster);
+            }
+        }
+    }
+}
+
+/// A file read that holds its download slot until the body ends.
+struct SlotReader<R> {
+    inner: R,
+    _slot: Option<DownloadSlot>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlotReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// `GET /v1/bundles/{sha256}`: streamed from the blob file (never held whole in memory),
+/// honouring `Range`; each cluster runs at most `limits.downloads_per_cluster` at once.
 pub async fn bundle(
     State(state): State<Arc<AppState>>,
     Path(sha256): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
     let who = match caller(&state, &headers) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
@@ -187,45 +277,71 @@ pub async fn bundle(
     if !allowed {
         return not_found();
     }
-    if let Caller::Cluster(c) = &who {
-        state.fleet.touch(c);
-    }
+    let slot = match &who {
+        Caller::Cluster(c) => {
+            state.fleet.touch(c);
+            match DownloadSlot::take(&state, c) {
+                Some(slot) => Some(slot),
+                None => {
+                    let mut r = error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "this cluster is already downloading as many bundles as it may",
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                    return r;
+                }
+            }
+        }
+        Caller::Admin => None,
+    };
     let path = state.fleet.store().blob_path(&digest);
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(b) => Bytes::from(b),
+    let opened = async {
+        let file = tokio::fs::File::open(&path).await?;
+        let len = file.metadata().await?.len();
+        Ok::<_, std::io::Error>((file, len))
+    };
+    let (mut file, len) = match opened.await {
+        Ok(f) => f,
         Err(e) => {
             tracing::error!(error = %e, digest = %digest, "Bundle blob unreadable");
             return error(StatusCode::INTERNAL_SERVER_ERROR, "bundle unavailable");
         }
     };
-    let len = bytes.len() as u64;
     let etag = format!("\"{digest}\"");
-    let mut response = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        None => (StatusCode::OK, bytes).into_response(),
-        Some(range) => match parse_range(range, len) {
-            Some((start, end)) => {
-                let mut r = (
-                    StatusCode::PARTIAL_CONTENT,
-                    bytes.slice(start as usize..=end as usize),
-                )
-                    .into_response();
-                r.headers_mut().insert(
-                    header::CONTENT_RANGE,
-                    HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).expect("header"),
-                );
-                r
-            }
-            None => {
-                let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-                r.headers_mut().insert(
-                    header::CONTENT_RANGE,
-                    HeaderValue::from_str(&format!("bytes */{len}")).expect("header"),
-                );
-                return r.into_response();
-            }
-        },
+    let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), len);
+    let (status, start, count) = match range {
+        RangeAsk::Whole => (StatusCode::OK, 0, len),
+        RangeAsk::Part(start, end) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        RangeAsk::Unsatisfiable => {
+            let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}")).expect("header"),
+            );
+            return r;
+        }
     };
+    if start > 0
+        && let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await
+    {
+        tracing::error!(error = %e, digest = %digest, "Bundle blob unreadable");
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "bundle unavailable");
+    }
+    let reader = SlotReader {
+        inner: file.take(count),
+        _slot: slot,
+    };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 64 << 10));
+    let mut response = (status, body).into_response();
     let h = response.headers_mut();
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1)).expect("header"),
+        );
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/gzip"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
@@ -262,18 +378,37 @@ pub async fn reports(
 }
 
 pub(crate) async fn store_reports(state: &Arc<AppState>, cluster: &str, body: &[u8]) -> Response {
+    if body.len() > limits::MAX_REPORTS_BODY {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("report body over {} bytes", limits::MAX_REPORTS_BODY),
+        );
+    }
     let reports = match parse_reports(body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    if reports.len() > limits::MAX_REPORTS_PER_REQUEST {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} reports in one request, more than {}; send them in batches",
+                reports.len(),
+                limits::MAX_REPORTS_PER_REQUEST
+            ),
+        );
+    }
     let fleet = state.fleet.clone();
     let name = cluster.to_owned();
     match tokio::task::spawn_blocking(move || fleet.add_reports(&name, reports)).await {
-        Ok(Ok(flags)) => {
-            let stored = flags.iter().filter(|f| **f).count();
+        Ok(Ok(taken)) => {
+            if taken.refused > 0 {
+                tracing::warn!(cluster = %cluster, refused = taken.refused, "Reports refused (too large, or for a channel that does not target the cluster)");
+            }
             axum::Json(ReportAck {
-                stored,
-                duplicates: flags.len() - stored,
+                stored: taken.stored,
+                duplicates: taken.duplicates,
+                refused: taken.refused,
             })
             .into_response()
         }
@@ -287,17 +422,31 @@ pub(crate) async fn store_reports(state: &Arc<AppState>, cluster: &str, body: &[
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{RangeAsk, parse_range};
 
     #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 9)));
-        assert_eq!(parse_range("bytes=90-", 100), Some((90, 99)));
-        assert_eq!(parse_range("bytes=-10", 100), Some((90, 99)));
-        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 99)));
-        assert_eq!(parse_range("bytes=100-", 100), None);
-        assert_eq!(parse_range("bytes=5-1", 100), None);
-        assert_eq!(parse_range("items=0-1", 100), None);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+    fn ranges_follow_rfc_9110() {
+        let r = |v: &str| parse_range(Some(v), 100);
+        assert_eq!(r("bytes=0-9"), RangeAsk::Part(0, 9));
+        assert_eq!(r("bytes=90-"), RangeAsk::Part(90, 99));
+        assert_eq!(r("bytes=-10"), RangeAsk::Part(90, 99));
+        assert_eq!(r("bytes=-500"), RangeAsk::Part(0, 99));
+        assert_eq!(r("bytes=95-200"), RangeAsk::Part(95, 99));
+        // Unsatisfiable: well-formed, outside the body.
+        assert_eq!(r("bytes=100-"), RangeAsk::Unsatisfiable);
+        assert_eq!(r("bytes=-0"), RangeAsk::Unsatisfiable);
+        // Ignored: other units, bad syntax, several ranges.
+        for ignored in [
+            "items=0-1",
+            "bytes=5-1",
+            "bytes=0-1,5-6",
+            "bytes=x-",
+            "bytes=1",
+            "bytes=--1",
+            "bytes=+1-2",
+        ] {
+            assert_eq!(r(ignored), RangeAsk::Whole, "{ignored}");
+        }
+        assert_eq!(parse_range(None, 100), RangeAsk::Whole);
     }
 }

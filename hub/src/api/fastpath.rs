@@ -20,11 +20,11 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use super::AppState;
 use super::agent::{DesiredReply, desired_reply};
 use super::auth::{Denied, bearer_value};
+use super::conns::{Slot, Watched};
+use crate::config::Limits;
 
 /// Longest request head read here.
 const MAX_HEAD: usize = 16 * 1024;
-/// How long a kept-alive connection may sit idle between requests.
-const IDLE: Duration = Duration::from_secs(330);
 
 /// Live connections on the direct path (for draining at shutdown).
 pub static ACTIVE: AtomicUsize = AtomicUsize::new(0);
@@ -74,7 +74,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
 }
 
 /// A parsed desired-state request: all the direct path needs to keep.
-struct DesiredRequest {
+#[derive(Debug)]
+pub struct DesiredRequest {
     cluster: String,
     token: Option<String>,
     if_none_match: Option<String>,
@@ -82,13 +83,53 @@ struct DesiredRequest {
     close: bool,
 }
 
-/// Parses a request head; `None` unless it is a plain desired-state GET with no body.
-fn parse(head: &[u8]) -> Option<DesiredRequest> {
+/// What to do with a request head.
+#[derive(Debug)]
+pub enum Head {
+    /// A plain desired-state GET: answered here.
+    Direct(DesiredRequest),
+    /// Anything else: hyper and the router decide.
+    Hyper,
+    /// Refused here with 400 (the router would refuse it too).
+    Bad(&'static str),
+}
+
+/// Sorts a request head read from a connection (`bytes` holds exactly what was read).
+/// Only a head that ends exactly where `bytes` ends, with CRLF line ends only, is
+/// answered here; anything hyper might frame differently goes to hyper with the same
+/// bytes, so both paths agree on where each request begins and ends.
+pub fn classify(bytes: &[u8]) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(_) = req.parse(head).ok()? else {
-        return None;
+    let len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return Head::Hyper,
     };
+    if len != bytes.len() || has_bare_lf(&bytes[..len]) {
+        return Head::Hyper; // pipelined bytes, or line ends hyper may read otherwise
+    }
+    let authorizations = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
+        .count();
+    if authorizations > 1 {
+        return Head::Bad("more than one Authorization header");
+    }
+    match desired_request(&req) {
+        Some(r) => Head::Direct(r),
+        None => Head::Hyper,
+    }
+}
+
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
+/// The desired-state request in a parsed head; `None` unless it is a plain GET with no body.
+fn desired_request(req: &httparse::Request<'_, '_>) -> Option<DesiredRequest> {
     if req.method? != "GET" || req.version? != 1 {
         return None;
     }
@@ -129,6 +170,24 @@ fn parse(head: &[u8]) -> Option<DesiredRequest> {
     Some(poll)
 }
 
+/// The request path of a head (for connections taken from the admin reserve).
+fn request_path(bytes: &[u8]) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(bytes).ok()?;
+    req.path.map(str::to_owned)
+}
+
+fn plain_response(code: u16, text: &str, message: &str, close: bool) -> Vec<u8> {
+    let body = serde_json::json!({"error": message}).to_string();
+    let connection = if close { "connection: close\r\n" } else { "" };
+    format!(
+        "HTTP/1.1 {code} {text}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 fn response(reply: &DesiredReply, close: bool) -> (u16, Vec<u8>) {
     let connection = if close { "connection: close\r\n" } else { "" };
     match reply {
@@ -166,36 +225,26 @@ fn response(reply: &DesiredReply, close: bool) -> (u16, Vec<u8>) {
                 .into_bytes(),
             )
         }
-        DesiredReply::BadRequest(m) => {
-            let body = serde_json::json!({"error": m}).to_string();
-            (
-                400,
-                format!(
-                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}\r\n{body}",
-                    body.len()
-                )
-                .into_bytes(),
-            )
-        }
+        DesiredReply::BadRequest(m) => (400, plain_response(400, "Bad Request", m, close)),
     }
 }
 
-/// Reads one request head: `Ok(None)` on a clean close (or idle timeout, or shutdown)
-/// before any byte; the bytes read so far (possibly more than the head) otherwise.
+/// Reads one request head: `Ok(None)` on a clean close, shutdown, or no first byte within
+/// `wait`; the bytes read otherwise (exactly one complete head, unless the peer sent more
+/// or the head is over [`MAX_HEAD`]). From its first byte the whole head must arrive within
+/// `head_timeout`, however slowly it drips.
 async fn read_head<IO: AsyncRead + Unpin>(
     io: &mut IO,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    wait: Duration,
+    head_timeout: Duration,
 ) -> std::io::Result<Option<Vec<u8>>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
+    let mut deadline = tokio::time::Instant::now() + wait;
     loop {
-        let timeout = if buf.is_empty() {
-            IDLE
-        } else {
-            Duration::from_secs(30)
-        };
         let n = tokio::select! {
-            r = tokio::time::timeout(timeout, io.read(&mut chunk)) => match r {
+            r = tokio::time::timeout_at(deadline, io.read(&mut chunk)) => match r {
                 Ok(r) => r?,
                 Err(_) if buf.is_empty() => return Ok(None),
                 Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request head too slow")),
@@ -209,8 +258,16 @@ async fn read_head<IO: AsyncRead + Unpin>(
                 Err(std::io::ErrorKind::UnexpectedEof.into())
             };
         }
+        if buf.is_empty() {
+            deadline = tokio::time::Instant::now() + head_timeout;
+        }
         buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_HEAD {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let complete = matches!(
+            httparse::Request::new(&mut headers).parse(&buf),
+            Ok(httparse::Status::Complete(_)) | Err(_)
+        );
+        if complete || buf.len() >= MAX_HEAD {
             return Ok(Some(buf));
         }
     }
@@ -219,6 +276,7 @@ async fn read_head<IO: AsyncRead + Unpin>(
 /// Serves one connection: desired-state polls directly, anything else through hyper.
 pub async fn serve_connection<IO, S>(
     mut io: IO,
+    slot: Slot,
     state: Arc<AppState>,
     http: hyper::server::conn::http1::Builder,
     service: S,
@@ -234,28 +292,49 @@ pub async fn serve_connection<IO, S>(
 {
     ACTIVE.fetch_add(1, Ordering::SeqCst);
     let mut shutdown = state.shutdown.clone();
+    let limits: &Limits = &state.config.limits;
+    let mut wait = limits.first_byte_timeout;
     loop {
-        let head = match read_head(&mut io, &mut shutdown).await {
+        let head = match read_head(&mut io, &mut shutdown, wait, limits.head_timeout).await {
             Ok(Some(h)) => h,
             _ => break,
         };
-        let head_len = head.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
-        let direct = match head_len {
-            Some(len) if len == head.len() => parse(&head),
-            _ => None, // pipelined bytes, or an oversized head: the full server handles it
-        };
-        let Some(poll) = direct else {
-            let conn = http.serve_connection(
-                TokioIo::new(Prefixed {
+        wait = limits.idle_timeout;
+        if slot.admin_only && !request_path(&head).is_some_and(|p| p.starts_with("/v1/admin/")) {
+            // The last connections are kept for administrators to reach a busy hub.
+            let _ = io
+                .write_all(&plain_response(
+                    503,
+                    "Service Unavailable",
+                    "the hub is at its connection limit",
+                    true,
+                ))
+                .await;
+            break;
+        }
+        let poll = match classify(&head) {
+            Head::Direct(poll) => poll,
+            Head::Bad(why) => {
+                let _ = io.write_all(&plain_response(400, "Bad Request", why, true)).await;
+                break;
+            }
+            Head::Hyper => {
+                let (watched, activity) = Watched::new(Prefixed {
                     prefix: head,
                     at: 0,
                     io,
-                }),
-                service,
-            );
-            let _ = graceful.watch(conn).await;
-            ACTIVE.fetch_sub(1, Ordering::SeqCst);
-            return;
+                });
+                let conn = http.serve_connection(TokioIo::new(watched), service);
+                // Hyper bounds each request head; this bounds a connection on which nothing
+                // moves at all (an idle keep-alive, a reader that stopped reading).
+                tokio::select! {
+                    _ = graceful.watch(conn) => {}
+                    () = activity.idle(limits.idle_timeout) => {}
+                }
+                ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                drop(slot);
+                return;
+            }
         };
         drop(head);
         let started = Instant::now();
@@ -277,11 +356,38 @@ pub async fn serve_connection<IO, S>(
     }
     let _ = io.shutdown().await;
     ACTIVE.fetch_sub(1, Ordering::SeqCst);
+    drop(slot);
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{Head, classify};
+
+    fn parse(head: &[u8]) -> Option<super::DesiredRequest> {
+        match classify(head) {
+            Head::Direct(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn heads_that_hyper_could_frame_otherwise_go_to_hyper() {
+        // Bare LF line ends, bytes after the head, a head that is not complete.
+        for other in [
+            &b"GET /v1/clusters/a/desired HTTP/1.1\nhost: x\n\n"[..],
+            b"GET /v1/clusters/a/desired HTTP/1.1\r\nhost: x\n\r\n",
+            b"GET /v1/clusters/a/desired HTTP/1.1\r\n\r\nGET /v1/admin/status HTTP/1.1\r\n\r\n",
+            b"GET /v1/clusters/a/desired HTTP/1.1\r\nhost: x\r\n",
+        ] {
+            assert!(
+                matches!(classify(other), Head::Hyper),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        let twice = b"GET /v1/clusters/a/desired HTTP/1.1\r\nauthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n";
+        assert!(matches!(classify(twice), Head::Bad(_)));
+    }
 
     #[test]
     fn only_plain_desired_gets_take_the_direct_path() {

@@ -37,6 +37,32 @@ pub fn authentic(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
     false
 }
 
+/// The delivery id GitHub, Gitea and GitLab send with each webhook (the same on a redelivery).
+fn delivery_id(headers: &HeaderMap) -> Option<&str> {
+    ["x-github-delivery", "x-gitea-delivery", "x-gitlab-event-uuid"]
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .filter(|id| !id.is_empty() && id.len() <= 128)
+}
+
+/// Recent delivery ids remembered to ignore replays.
+const DELIVERIES_KEPT: usize = 4096;
+
+/// Whether this delivery is new (and remembers it): a captured, signed webhook replayed
+/// does nothing.
+fn first_delivery(state: &AppState, repo: &str, id: &str) -> bool {
+    let key = format!("{repo}/{id}");
+    let mut seen = state.deliveries.lock().expect("deliveries");
+    if seen.contains(&key) {
+        return false;
+    }
+    if seen.len() >= DELIVERIES_KEPT {
+        seen.pop_front();
+    }
+    seen.push_back(key);
+    true
+}
+
 /// `POST /v1/hooks/git/{repo}`
 pub async fn git(
     State(state): State<Arc<AppState>>,
@@ -60,9 +86,23 @@ pub async fn git(
             return error(StatusCode::INTERNAL_SERVER_ERROR, "webhook secret unavailable");
         }
     };
+    if crate::config::check_secret(&secret).is_err() {
+        tracing::error!(repo = %repo, "Webhook secret too short; refusing webhooks until it is replaced");
+        return error(StatusCode::FORBIDDEN, "webhook secret too short on the hub");
+    }
     if !authentic(&secret, &headers, &body) {
         tracing::warn!(repo = %repo, "Webhook with a bad or missing signature refused");
         return error(StatusCode::UNAUTHORIZED, "bad or missing webhook signature");
+    }
+    if let Some(id) = delivery_id(&headers)
+        && !first_delivery(&state, &repo, id)
+    {
+        tracing::info!(repo = %repo, delivery = id, "Webhook delivery seen before; ignored");
+        return (
+            StatusCode::OK,
+            Json(serde_json::json!({"repo": repo, "fetch": false, "duplicate": true})),
+        )
+            .into_response();
     }
     // Pings and pushes to branches no channel follows trigger nothing.
     let pushed = serde_json::from_slice::<serde_json::Value>(&body)

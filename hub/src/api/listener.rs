@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use rustls::pki_types::pem::PemObject;
@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::conns::Slot;
 use crate::config::TlsConfig;
 
 /// The listener could not start.
@@ -81,11 +82,24 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.max_buf_size(8192)
         .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(state.config.limits.head_timeout)
         .timer(hyper_util::rt::TokioTimer::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let acceptor = tls.map(|c| TlsAcceptor::from(Arc::new(c)));
-    let (tx, mut rx) = mpsc::channel::<(TlsStream<TcpStream>, SocketAddr)>(256);
+    let (tx, mut rx) = mpsc::channel::<(TlsStream<TcpStream>, Slot)>(256);
+    let limits = state.config.limits.clone();
+    // Each connection is a file: stay below the descriptor limit, with room for the store,
+    // blobs and git.
+    let ceiling =
+        usize::try_from(super::conns::raise_nofile_limit().saturating_sub(256)).unwrap_or(usize::MAX);
+    if ceiling < limits.max_connections {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            allowed = ceiling,
+            "The open-file limit allows fewer connections than limits.max_connections; raise LimitNOFILE"
+        );
+    }
+    let mut refusals_logged = Instant::now() - Duration::from_secs(60);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -94,11 +108,24 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
+                let slot = match state.connections.admit(peer.ip(), &limits, ceiling) {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        // Closed at once; said in the log at most every 10 s.
+                        if refusals_logged.elapsed() >= Duration::from_secs(10) {
+                            refusals_logged = Instant::now();
+                            tracing::warn!(peer = %peer.ip(), ?refusal, open = state.connections.open(), "Connection refused at the connection limit");
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 match &acceptor {
                     None => {
                         tokio::spawn(super::fastpath::serve_connection(
                             stream,
+                            slot,
                             state.clone(),
                             http.clone(),
                             service.clone(),
@@ -108,10 +135,11 @@ pub async fn serve(
                     Some(acceptor) => {
                         // Handshakes run on their own, so a slow client cannot stall accepting.
                         let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                        let timeout = limits.first_byte_timeout;
                         tokio::spawn(async move {
-                            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                                 Ok(Ok(tls)) => {
-                                    let _ = tx.send((tls, peer)).await;
+                                    let _ = tx.send((tls, slot)).await;
                                 }
                                 Ok(Err(e)) => tracing::debug!(error = %e, peer = %peer, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -120,9 +148,10 @@ pub async fn serve(
                     }
                 }
             }
-            Some((tls, _peer)) = rx.recv() => {
+            Some((tls, slot)) = rx.recv() => {
                 tokio::spawn(super::fastpath::serve_connection(
                     tls,
+                    slot,
                     state.clone(),
                     http.clone(),
                     service.clone(),

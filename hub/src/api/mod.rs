@@ -5,7 +5,9 @@
 pub mod admin;
 mod agent;
 mod auth;
-mod fastpath;
+pub mod conns;
+#[doc(hidden)]
+pub mod fastpath;
 mod hooks;
 mod listener;
 
@@ -43,6 +45,14 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The signing key's public half (SPKI PEM), for agents to trust.
     pub public_keys: Vec<String>,
+    /// Open connections.
+    pub connections: Arc<conns::Tracker>,
+    /// SHA-256 of the token `/metrics` requires, if any.
+    pub metrics_token_hash: Option<String>,
+    /// Bundle downloads running, per cluster.
+    pub downloads: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Recent webhook delivery ids (replays are ignored).
+    pub deliveries: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
 /// A JSON error body with a status code.
@@ -80,16 +90,50 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/trust", get(admin::trust))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .route_layer(middleware::from_fn_with_state(state.clone(), record))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(8 << 20))
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(hash) = &state.metrics_token_hash {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::bearer_value);
+        let ok = token.is_some_and(|t| {
+            let h = crate::fleet::token_hash(t);
+            crate::fleet::constant_time_eq(&h, hash)
+                || crate::fleet::constant_time_eq(&h, &state.admin_token_hash)
+        });
+        if !ok {
+            return auth::Denied::Unauthorized.into_response();
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&state.fleet),
+        state
+            .metrics
+            .render(&state.fleet, &state.connections, state.config.metrics.per_cluster),
     )
         .into_response()
+}
+
+/// Refuses what no route should see (more than one `Authorization` header, as the direct
+/// path does) and bounds how long reading a request and answering may take; long-polls
+/// (bounded by their own `wait`) are the exception.
+async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if req.headers().get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return error(StatusCode::BAD_REQUEST, "more than one Authorization header");
+    }
+    let long_poll = req.method() == axum::http::Method::GET && req.uri().path().ends_with("/desired");
+    if long_poll {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(state.config.limits.request_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => error(StatusCode::REQUEST_TIMEOUT, "request took too long"),
+    }
 }
 
 /// Counts and times every request by route.

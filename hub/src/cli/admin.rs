@@ -165,7 +165,20 @@ pub(super) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
 
 pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> {
     let client = hub.client()?;
-    let clusters: Vec<ClusterStatus> = client.json(Method::GET, "/v1/admin/status", None).await?;
+    // Page by page: a fleet of thousands is never one answer.
+    let mut clusters: Vec<ClusterStatus> = Vec::new();
+    loop {
+        let mut path = format!("/v1/admin/status?limit={}", crate::api::admin::MAX_PAGE);
+        if let Some(last) = clusters.last() {
+            path.push_str(&format!("&after={}", last.name));
+        }
+        let page: Vec<ClusterStatus> = client.json(Method::GET, &path, None).await?;
+        let done = page.len() < crate::api::admin::MAX_PAGE;
+        clusters.extend(page);
+        if done {
+            break;
+        }
+    }
     let channels: Vec<ChannelStatus> = client.json(Method::GET, "/v1/admin/channels", None).await?;
     if output == Output::Json {
         println!(
@@ -316,17 +329,26 @@ pub(super) async fn import(hub: &HubArgs, file: &Path) -> anyhow::Result<()> {
             file.display()
         )
     })?;
-    let ack: ReportAck = hub
-        .client()?
-        .json(
-            Method::POST,
-            &format!("/v1/admin/clusters/{}/reports", reports.cluster),
-            Some(serde_json::to_value(&reports.reports)?),
-        )
-        .await?;
+    let client = hub.client()?;
+    let (mut stored, mut known, mut refused) = (0, 0, 0);
+    for batch in reports
+        .reports
+        .chunks(skiff_proto::api::limits::MAX_REPORTS_PER_REQUEST)
+    {
+        let ack: ReportAck = client
+            .json(
+                Method::POST,
+                &format!("/v1/admin/clusters/{}/reports", reports.cluster),
+                Some(serde_json::to_value(batch)?),
+            )
+            .await?;
+        stored += ack.stored;
+        known += ack.duplicates;
+        refused += ack.refused;
+    }
     println!(
-        "cluster {}: {} report(s) stored, {} already known",
-        reports.cluster, ack.stored, ack.duplicates
+        "cluster {}: {stored} report(s) stored, {known} already known, {refused} refused",
+        reports.cluster
     );
     Ok(())
 }
