@@ -29,7 +29,7 @@ fn import_applies_verifies_prunes_and_refuses_tampered_and_replayed_bundles() {
         "edge-1",
         &public,
         &format!("dir:{}", target.display()),
-        "",
+        "channels: {demo: {}}\n",
     );
     let out = tmp.path().join("out");
 

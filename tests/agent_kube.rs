@@ -31,7 +31,10 @@ fn setup(c: &TestCluster) -> Setup {
         "edge-1",
         &tmp.path().join("keys/signing.pub.pem"),
         "kube",
-        &format!("kubeconfig: {}\n", c.kubeconfig().display()),
+        &format!(
+            "kubeconfig: {}\nchannels: {{demo: {{}}}}\n",
+            c.kubeconfig().display()
+        ),
     );
     let apps = tmp.path().join("apps");
     skiff_tests::copy_tree(&examples_dir().join("apps"), &apps);

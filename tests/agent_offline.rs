@@ -225,7 +225,7 @@ fn the_import_folder_waits_for_whole_pairs_and_refuses_bad_ones() {
         "edge-1",
         &public,
         &format!("dir:{}", target.display()),
-        &format!("import_dir: {}\n", import.display()),
+        &format!("import_dir: {}\nchannels: {{demo: {{}}}}\n", import.display()),
     );
     let proc = AgentProcess::start(&config);
 
@@ -316,7 +316,7 @@ async fn kill_9_during_applies_leaves_a_store_that_opens_and_converges_without_l
         &public,
         "kube",
         &format!(
-            "kubeconfig: {}\nimport_dir: {}\n",
+            "kubeconfig: {}\nimport_dir: {}\nchannels: {{demo: {{}}}}\n",
             c.kubeconfig().display(),
             import.display()
         ),

@@ -29,7 +29,10 @@ fn setup(c: &TestCluster) -> Setup {
         "edge-1",
         &tmp.path().join("keys/signing.pub.pem"),
         "kube",
-        &format!("kubeconfig: {}\n", c.kubeconfig().display()),
+        &format!(
+            "kubeconfig: {}\nchannels: {{demo: {{}}}}\n",
+            c.kubeconfig().display()
+        ),
     );
     let (b, e) = skiff_tests::build_bundle(
         &examples_dir().join("apps"),
@@ -172,7 +175,7 @@ async fn end_to_end_drift_and_health_visible_in_hub_status() {
     let hub = HubProcess::start(
         &tmp.path().join("hub"),
         &format!(
-            "repos:\n  - {{name: fleet, url: \"{}\", poll: 1s}}\nchannels:\n  - {{name: demo, repo: fleet, branch: main, path: apps, namespace: demo, targets: {{clusters: [edge-1]}}}}\n",
+            "repos:\n  - {{name: fleet, url: \"{}\", poll: 1s}}\nchannels:\n  - {{name: demo, repo: fleet, branch: main, path: apps, namespace: demo, targets: {{clusters: [edge-1]}}}}\nmetrics: {{per_cluster: true}}\n",
             repo.path().display()
         ),
     );
@@ -375,7 +378,10 @@ async fn corpus_sets_show_no_drift_across_ten_checks() {
             "edge-1",
             &tmp.path().join("keys/signing.pub.pem"),
             "kube",
-            &format!("kubeconfig: {}\n", c.kubeconfig().display()),
+            &format!(
+                "kubeconfig: {}\nchannels: {{corpus: {{}}}}\n",
+                c.kubeconfig().display()
+            ),
         );
         let out = tmp.path().join("out");
         let import = agent(&[

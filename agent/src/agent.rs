@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use skiff_proto::Sha256Digest;
-use skiff_proto::api::{ObjectRef, Outcome as ReportOutcome, Report};
+use skiff_proto::api::{ObjectRef, Outcome as ReportOutcome, Report, limits};
 use skiff_proto::dsse::Envelope;
 use skiff_proto::statement::Timestamp;
 use skiff_proto::verify::{Accepted as AcceptedGen, Policy, TrustSet, VerifyError, verify_bundle};
@@ -44,6 +44,15 @@ pub struct Metrics {
     pub reports_sent: AtomicU64,
 }
 
+/// Which channel a bundle offered to the agent may be for.
+#[derive(Clone, Copy, Debug)]
+pub enum ChannelPolicy<'a> {
+    /// Exactly this one (the hub named the channel in its desired state).
+    Expected(&'a str),
+    /// Any channel assigned to this cluster (imports).
+    Assigned,
+}
+
 /// What became of a bundle offered to the agent.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offered {
@@ -68,7 +77,12 @@ pub struct Agent {
     pub metrics: Metrics,
     reports: Notify,
     rejected: std::sync::Mutex<HashSet<Sha256Digest>>,
+    /// Import pairs already refused, by path and (sizes, mtimes): looked at again only when
+    /// the files change.
+    refused_imports: std::sync::Mutex<HashMap<PathBuf, ImportStamp>>,
     retries: std::sync::Mutex<HashMap<String, (u32, Instant)>>,
+    /// When `status.json`/`outbox.json` were last written, and whether they are stale.
+    snapshot: std::sync::Mutex<(Instant, bool)>,
     /// Serializes applies (one bundle at a time touches the cluster).
     apply_lock: tokio::sync::Mutex<()>,
 }
@@ -82,6 +96,14 @@ struct Snapshot<'a> {
     dropped: u64,
     written: Timestamp,
 }
+
+type ImportStamp = (u64, std::time::SystemTime, u64, std::time::SystemTime);
+
+/// `status.json` and `outbox.json` are rewritten at most this often.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
+
+/// Starts of an apply that never finished after which a stored bundle is skipped at start.
+const UNFINISHED_LIMIT: u32 = 2;
 
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
@@ -147,7 +169,9 @@ impl Agent {
             metrics: Metrics::default(),
             reports: Notify::new(),
             rejected: std::sync::Mutex::new(HashSet::new()),
+            refused_imports: std::sync::Mutex::new(HashMap::new()),
             retries: std::sync::Mutex::new(HashMap::new()),
+            snapshot: std::sync::Mutex::new((Instant::now() - SNAPSHOT_EVERY, false)),
             apply_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -157,7 +181,30 @@ impl Agent {
         &self.store
     }
 
+    /// Marks the snapshots stale and writes them if the last write is old enough; a task
+    /// writes what is left stale (so a burst of reports costs one write, not one each).
+    fn snapshot_soon(&self) {
+        let due = {
+            let mut s = self.snapshot.lock().expect("snapshot");
+            s.1 = true;
+            s.0.elapsed() >= SNAPSHOT_EVERY
+        };
+        if due {
+            self.write_snapshot();
+        }
+    }
+
+    async fn flush_snapshots(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(SNAPSHOT_EVERY).await;
+            if self.snapshot.lock().expect("snapshot").1 {
+                self.write_snapshot();
+            }
+        }
+    }
+
     fn write_snapshot(&self) {
+        *self.snapshot.lock().expect("snapshot") = (Instant::now(), false);
         let Ok(channels) = self.store.channels() else {
             return;
         };
@@ -191,7 +238,7 @@ impl Agent {
             Ok(_) => self.reports.notify_one(),
             Err(error) => warn!(%error, "Could not queue a report"),
         }
-        self.write_snapshot();
+        self.snapshot_soon();
     }
 
     fn base_report(channel: &str, outcome: ReportOutcome) -> Report {
@@ -221,6 +268,7 @@ impl Agent {
         source: &str,
         envelope_json: &[u8],
         tarball: Vec<u8>,
+        channel_policy: ChannelPolicy<'_>,
     ) -> anyhow::Result<Offered> {
         // The channel is known only from a verified statement; find it, then run every step.
         let envelope = Envelope::from_json(envelope_json).map_err(VerifyError::from);
@@ -230,14 +278,24 @@ impl Agent {
             Err(_) => ("unknown".to_owned(), ChannelState::default()),
         };
         let policy = Policy {
+            channel: match channel_policy {
+                ChannelPolicy::Expected(c) => Some(c.to_owned()),
+                ChannelPolicy::Assigned => None,
+            },
             highest: state.accepted.as_ref().map(|a| AcceptedGen {
                 generation: a.generation,
                 digest: a.sha256,
             }),
             ..Policy::default()
         };
+        let assigned = match (&statement, channel_policy) {
+            (Ok(s), ChannelPolicy::Assigned) => self.check_assigned(&s.channel),
+            _ => Ok(()),
+        };
         let verified = match statement
             .and_then(|_| verify_bundle(&self.trust, envelope_json, &tarball, &policy))
+            .map_err(|e| e.to_string())
+            .and_then(|v| assigned.map(|()| v))
         {
             Ok(v) => v,
             Err(error) => {
@@ -249,7 +307,7 @@ impl Agent {
                 r.sha256 = Some(digest);
                 r.message = Some(format!("bundle from {source} rejected: {error}"));
                 self.report(r);
-                return Ok(Offered::Rejected(error.to_string()));
+                return Ok(Offered::Rejected(error));
             }
         };
         let s = &verified.statement;
@@ -268,6 +326,7 @@ impl Agent {
         if !same {
             self.store.put_bundle(&s.bundle.sha256, &tarball)?;
             let mut state = state;
+            state.unfinished_applies = 0;
             let envelope = Envelope::from_json(envelope_json)?;
             state.accepted = Some(Accepted {
                 generation: s.generation,
@@ -295,6 +354,21 @@ impl Agent {
         })
     }
 
+    /// Whether a channel may be taken from an import: the agent config lists it, or the hub
+    /// last said this cluster runs it. (A signed per-cluster assignment is the complete
+    /// answer; until then an air-gapped site lists its channels in its config.)
+    fn check_assigned(&self, channel: &str) -> Result<(), String> {
+        if self.config.channels.contains_key(channel)
+            || self.store.assigned().is_ok_and(|a| a.contains(channel))
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "channel {channel:?} is not assigned to this cluster: the hub has not offered it, and the agent config does not list it under channels"
+            ))
+        }
+    }
+
     /// Applies a channel's accepted bundle from the store (re-verified first: the store is
     /// disk, and disks lie), prunes, records and reports the result.
     pub async fn apply_channel(&self, channel: &str) -> anyhow::Result<Outcome> {
@@ -304,7 +378,18 @@ impl Agent {
             return Ok(Outcome::default());
         };
         let started = Instant::now();
-        let verified = self.stored_bundle(channel, &accepted)?;
+        // Counted before the work and cleared after it: a bundle that kills the agent while
+        // it applies (a memory limit) is skipped at start after a few tries.
+        state.unfinished_applies += 1;
+        self.store.put_channel(channel, &state)?;
+        let verified = match self.stored_bundle(channel, &accepted) {
+            Ok(v) => v,
+            Err(e) => {
+                state.unfinished_applies = 0;
+                self.store.put_channel(channel, &state)?;
+                return Err(e);
+            }
+        };
         let previous = match (&self.applier, state.inventory.is_empty()) {
             (Applier::Kube(k), true) => k.load_inventory(channel).await.unwrap_or_default(),
             _ => state.inventory.clone(),
@@ -351,6 +436,7 @@ impl Agent {
             warn!(error = %e, channel, "Saving the inventory ConfigMap failed (the store has it)");
         }
         state.inventory = inventory;
+        state.unfinished_applies = 0;
         state.applied = Some(Applied {
             generation: accepted.generation,
             sha256: accepted.sha256,
@@ -566,22 +652,100 @@ impl Agent {
             }
         };
         for (name, state) in channels {
-            if state.accepted.is_some()
-                && let Err(error) = self.apply_channel(&name).await
-            {
+            let Some(accepted) = &state.accepted else { continue };
+            if state.unfinished_applies >= UNFINISHED_LIMIT {
+                let message = format!(
+                    "generation {} did not finish applying in the last {} starts (was the agent killed while applying it? a memory limit?); skipped until a newer generation arrives",
+                    accepted.generation, state.unfinished_applies
+                );
+                warn!(channel = %name, generation = accepted.generation, "Stored bundle skipped at start");
+                let mut r = Self::base_report(&name, ReportOutcome::Failed);
+                r.generation = Some(accepted.generation);
+                r.sha256 = Some(accepted.sha256);
+                r.message = Some(message);
+                self.report(r);
+                continue;
+            }
+            if let Err(error) = self.apply_channel(&name).await {
                 warn!(%error, channel = %name, "Re-applying from the store failed");
             }
         }
         self.write_snapshot();
     }
 
-    /// Imports one bundle/envelope pair from files.
+    /// Imports one bundle/envelope pair from files. The envelope is read (within its cap)
+    /// and its signature checked first; the bundle is read only if it is exactly as large as
+    /// the signed statement says, and within the format's caps.
     pub async fn import_files(&self, bundle: &PathBuf, envelope: &PathBuf) -> anyhow::Result<Offered> {
+        let env_len = std::fs::metadata(envelope)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", envelope.display()))?
+            .len();
+        if env_len > limits::MAX_ENVELOPE_BYTES {
+            return self.refuse_import(
+                bundle,
+                format!(
+                    "{} is {env_len} bytes, more than an envelope may be ({})",
+                    envelope.display(),
+                    limits::MAX_ENVELOPE_BYTES
+                ),
+            );
+        }
         let env =
             std::fs::read(envelope).map_err(|e| anyhow::anyhow!("reading {}: {e}", envelope.display()))?;
+        let statement = match Envelope::from_json(&env)
+            .map_err(VerifyError::from)
+            .and_then(|e| self.trust.verify_envelope(&e))
+            .and_then(|s| skiff_proto::verify::check_size(&s, &Default::default()).map(|()| s))
+        {
+            Ok(s) => s,
+            Err(error) => return self.refuse_import(bundle, format!("{}: {error}", envelope.display())),
+        };
+        let on_disk = std::fs::metadata(bundle)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", bundle.display()))?
+            .len();
+        if on_disk != statement.bundle.size {
+            return self.refuse_import(
+                bundle,
+                format!(
+                    "{} is {on_disk} bytes, the signed statement says {}",
+                    bundle.display(),
+                    statement.bundle.size
+                ),
+            );
+        }
         let tar = std::fs::read(bundle).map_err(|e| anyhow::anyhow!("reading {}: {e}", bundle.display()))?;
-        self.offer(&format!("import {}", bundle.display()), &env, tar)
-            .await
+        self.offer(
+            &format!("import {}", bundle.display()),
+            &env,
+            tar,
+            ChannelPolicy::Assigned,
+        )
+        .await
+    }
+
+    /// Reports an import refused before its bundle was read.
+    fn refuse_import(&self, bundle: &std::path::Path, error: String) -> anyhow::Result<Offered> {
+        self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        warn!(%error, file = %bundle.display(), "Import refused; keeping the last good state");
+        let mut r = Self::base_report("unknown", ReportOutcome::Rejected);
+        r.message = Some(format!("import {} refused: {error}", bundle.display()));
+        self.report(r);
+        Ok(Offered::Rejected(error))
+    }
+
+    /// Moves a refused import pair into `rejected/` beside it (when the medium allows), so
+    /// an operator sees what was refused and it is not looked at again.
+    fn set_aside(&self, pair: &crate::source::ImportPair) {
+        let Some(dir) = pair.bundle.parent() else { return };
+        let aside = dir.join("rejected");
+        if std::fs::create_dir_all(&aside).is_err() {
+            return;
+        }
+        for file in [&pair.bundle, &pair.envelope] {
+            if let Some(name) = file.file_name() {
+                let _ = std::fs::rename(file, aside.join(name));
+            }
+        }
     }
 
     async fn poll_hub(self: Arc<Self>) {
@@ -604,6 +768,10 @@ impl Agent {
                 Ok(Some((desired, tag))) => {
                     failures = 0;
                     let mut complete = true;
+                    let assigned = desired.channels.iter().map(|c| c.channel.clone()).collect();
+                    if let Err(error) = self.store.set_assigned(&assigned) {
+                        warn!(%error, "Recording the hub's channels failed");
+                    }
                     for ch in &desired.channels {
                         let current = self
                             .store
@@ -616,17 +784,64 @@ impl Agent {
                         {
                             continue;
                         }
+                        // What to fetch, and how much, comes from the signed statement, not
+                        // from the unsigned answer around it.
+                        let statement = match self.trust.verify_envelope(&ch.envelope).and_then(|s| {
+                            skiff_proto::verify::check_size(&s, &Default::default())?;
+                            skiff_proto::verify::check_policy(
+                                &s,
+                                &Policy {
+                                    channel: Some(ch.channel.clone()),
+                                    ..Policy::default()
+                                },
+                            )?;
+                            Ok(s)
+                        }) {
+                            Ok(s) => s,
+                            Err(error) => {
+                                self.rejected.lock().expect("rejected").insert(ch.sha256);
+                                self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                                warn!(%error, channel = %ch.channel, "Desired bundle's statement rejected; keeping the last good state");
+                                let mut r = Self::base_report(&ch.channel, ReportOutcome::Rejected);
+                                r.sha256 = Some(ch.sha256);
+                                r.message = Some(format!("statement from hub rejected: {error}"));
+                                self.report(r);
+                                continue;
+                            }
+                        };
+                        let (digest, size) = (statement.bundle.sha256, statement.bundle.size);
                         let partial = self
                             .config
                             .data_dir
                             .join("bundles")
-                            .join(format!("{}.part", ch.sha256));
-                        match hub.download(&ch.bundle_url, &ch.sha256, ch.size, &partial).await {
+                            .join(format!("{digest}.part"));
+                        match hub.download(&ch.bundle_url, &digest, size, &partial).await {
                             Ok(bytes) => {
-                                if let Err(error) = self.offer("hub", &ch.envelope.to_json(), bytes).await {
+                                if let Err(error) = self
+                                    .offer(
+                                        "hub",
+                                        &ch.envelope.to_json(),
+                                        bytes,
+                                        ChannelPolicy::Expected(&ch.channel),
+                                    )
+                                    .await
+                                {
                                     warn!(%error, channel = %ch.channel, "Storing a bundle failed");
                                     complete = false;
                                 }
+                            }
+                            Err(SourceError::Mismatch(error)) => {
+                                // Every source served other bytes than the signature names.
+                                self.rejected
+                                    .lock()
+                                    .expect("rejected")
+                                    .extend([digest, ch.sha256]);
+                                self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                                warn!(%error, channel = %ch.channel, "Bundle rejected; keeping the last good state");
+                                let mut r = Self::base_report(&ch.channel, ReportOutcome::Rejected);
+                                r.sha256 = Some(digest);
+                                r.message = Some(format!("bundle from hub rejected: {error}"));
+                                self.report(r);
                             }
                             Err(error) => {
                                 warn!(%error, channel = %ch.channel, "Bundle download failed; will resume");
@@ -695,17 +910,28 @@ impl Agent {
         };
         loop {
             for pair in scan_import_dir(&dir) {
+                let seen =
+                    self.refused_imports.lock().expect("imports").get(&pair.bundle) == Some(&pair.stamp);
                 let digest = pair
                     .bundle
                     .file_name()
                     .and_then(|n| n.to_str())
                     .and_then(|n| n.strip_suffix(".tar.gz"))
                     .and_then(|d| d.parse::<Sha256Digest>().ok());
-                if digest.is_some_and(|d| self.rejected.lock().expect("rejected").contains(&d)) {
+                if seen || digest.is_some_and(|d| self.rejected.lock().expect("rejected").contains(&d)) {
                     continue;
                 }
-                if let Err(error) = self.import_files(&pair.bundle, &pair.envelope).await {
-                    warn!(%error, file = %pair.bundle.display(), "Import failed");
+                match self.import_files(&pair.bundle, &pair.envelope).await {
+                    Ok(Offered::Rejected(_)) => {
+                        // Reported once; set aside and not read again while unchanged.
+                        self.refused_imports
+                            .lock()
+                            .expect("imports")
+                            .insert(pair.bundle.clone(), pair.stamp);
+                        self.set_aside(&pair);
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!(%error, file = %pair.bundle.display(), "Import failed"),
                 }
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -731,10 +957,40 @@ impl Agent {
         }
     }
 
+    /// At start: removes what an earlier run left half-done (temporary files of the `dir`
+    /// target, stale partial downloads) and bundles no channel names any more.
+    fn clean_leftovers(&self) {
+        if let Applier::Dir(d) = &self.applier {
+            d.remove_temp_files();
+        }
+        if let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("bundles")) {
+            let week = Duration::from_secs(7 * 24 * 3600);
+            for e in entries.flatten() {
+                let stale = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > week));
+                if e.file_name().to_string_lossy().ends_with(".part") && stale {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        if let Err(error) = self.store.gc_bundles() {
+            warn!(%error, "Collecting stale bundles failed");
+        }
+    }
+
     /// Runs until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        self.reapply_stored().await;
+        self.clean_leftovers();
+        // Polling starts first and never waits for the stored state: nothing a stored
+        // bundle does (a slow cluster, a bundle that fails) may keep a newer generation out.
         let tasks = vec![
+            tokio::spawn({
+                let this = self.clone();
+                async move { this.reapply_stored().await }
+            }),
+            tokio::spawn(self.clone().flush_snapshots()),
             tokio::spawn(self.clone().poll_hub()),
             tokio::spawn(self.clone().send_reports()),
             tokio::spawn(self.clone().watch_imports()),

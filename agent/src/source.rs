@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use skiff_proto::Sha256Digest;
-use skiff_proto::api::{Desired, Report, ReportAck};
+use skiff_proto::api::{Desired, Report, ReportAck, limits};
 use skiff_proto::dsse::Envelope;
 
 /// A transfer failed.
@@ -22,6 +22,9 @@ pub enum SourceError {
     /// Local I/O failed.
     #[error("{0}")]
     Io(String),
+    /// A source served bytes that are not the signed bundle (sha256 or size differ).
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 /// A client for the hub and mirrors.
@@ -31,6 +34,38 @@ pub struct HubClient {
     mirrors: Vec<String>,
     cluster: String,
     token: Option<String>,
+}
+
+/// Reads at most `cap` bytes of a body; `Err` with what was wrong when it is longer (the
+/// rest is never read). The hub and mirrors are answered within budgets, not trusted.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    if let Some(len) = resp.content_length()
+        && len > cap as u64
+    {
+        return Err(format!("answer of {len} bytes, more than the limit of {cap}"));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if out.len() + chunk.len() > cap {
+            return Err(format!("answer longer than the limit of {cap} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// The start of an error body (never more than [`limits::MAX_ERROR_BODY`] bytes read).
+async fn error_body(mut resp: reqwest::Response) -> String {
+    let mut out = Vec::new();
+    while out.len() < limits::MAX_ERROR_BODY {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                out.extend_from_slice(&chunk[..chunk.len().min(limits::MAX_ERROR_BODY - out.len())])
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn status_error(what: &str, status: StatusCode, body: &str) -> SourceError {
@@ -116,18 +151,20 @@ impl HubClient {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_owned();
-                let d = resp
-                    .json::<Desired>()
+                let body = read_capped(resp, limits::MAX_DESIRED_BYTES)
                     .await
+                    .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
+                let d = serde_json::from_slice::<Desired>(&body)
                     .map_err(|e| SourceError::Unavailable(format!("{what}: unreadable answer: {e}")))?;
                 Ok(Some((d, etag)))
             }
-            s => Err(status_error(&what, s, &resp.text().await.unwrap_or_default())),
+            s => Err(status_error(&what, s, &error_body(resp).await)),
         }
     }
 
     /// Downloads a bundle into `partial` (resuming what is there), from the mirrors first,
-    /// then the hub; returns the bytes once they have the expected size and digest.
+    /// then the hub; returns the bytes once they have the expected size and digest. `digest`
+    /// and `size` come from a statement whose signature verified: never more is read.
     pub async fn download(
         &self,
         bundle_url: &str,
@@ -182,7 +219,7 @@ impl HubClient {
         let append = match resp.status() {
             StatusCode::PARTIAL_CONTENT => true,
             StatusCode::OK => false,
-            s => return Err(status_error(&what, s, &resp.text().await.unwrap_or_default())),
+            s => return Err(status_error(&what, s, &error_body(resp).await)),
         };
         let io = |e: std::io::Error| SourceError::Io(format!("{}: {e}", partial.display()));
         let mut file = tokio::fs::OpenOptions::new()
@@ -225,8 +262,8 @@ impl HubClient {
         // the next source: check the bytes against what the hub named before handing them
         // on. (The signed statement is checked by verification afterwards.)
         if bytes.len() as u64 != size || Sha256Digest::of(&bytes) != *digest {
-            return Err(SourceError::Unavailable(format!(
-                "{what}: got {} bytes that are not bundle {digest}",
+            return Err(SourceError::Mismatch(format!(
+                "{what}: got {} bytes whose sha256 is not the signed {digest}",
                 bytes.len()
             )));
         }
@@ -245,11 +282,12 @@ impl HubClient {
             .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
         if !resp.status().is_success() {
             let s = resp.status();
-            return Err(status_error(&what, s, &resp.text().await.unwrap_or_default()));
+            return Err(status_error(&what, s, &error_body(resp).await));
         }
-        resp.json()
+        let body = read_capped(resp, limits::MAX_ERROR_BODY)
             .await
-            .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))
+            .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
+        serde_json::from_slice(&body).map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))
     }
 }
 
@@ -260,16 +298,22 @@ pub struct ImportPair {
     pub bundle: PathBuf,
     /// The envelope file.
     pub envelope: PathBuf,
+    /// The envelope's bytes (read within [`limits::MAX_ENVELOPE_BYTES`]).
+    pub envelope_bytes: Vec<u8>,
+    /// What identifies this version of the files: (bundle size, bundle mtime, envelope
+    /// size, envelope mtime). A rejected pair is not looked at again until it changes.
+    pub stamp: (u64, std::time::SystemTime, u64, std::time::SystemTime),
 }
 
-/// The pairs in `dir` that look complete: the envelope parses and the bundle has the size
-/// its statement names. A half-copied pair is left for a later scan, not rejected.
+/// The pairs in `dir` worth offering: the envelope is a regular file within the envelope
+/// cap, and the bundle a regular file as large as its statement says (a half-copied pair is
+/// left for a later scan). Nothing larger than the caps is read; bundles are not read here.
 pub fn scan_import_dir(dir: &Path) -> Vec<ImportPair> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for e in entries.flatten() {
+    for e in entries.flatten().take(10_000) {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(digest) = name.strip_suffix(".dsse.json") else {
             continue;
@@ -278,6 +322,15 @@ pub fn scan_import_dir(dir: &Path) -> Vec<ImportPair> {
             continue;
         }
         let bundle = dir.join(format!("{digest}.tar.gz"));
+        let (Ok(env_meta), Ok(bundle_meta)) = (
+            std::fs::symlink_metadata(e.path()),
+            std::fs::symlink_metadata(&bundle),
+        ) else {
+            continue;
+        };
+        if !env_meta.is_file() || !bundle_meta.is_file() || env_meta.len() > limits::MAX_ENVELOPE_BYTES {
+            continue;
+        }
         let Ok(env_bytes) = std::fs::read(e.path()) else {
             continue;
         };
@@ -289,11 +342,18 @@ pub fn scan_import_dir(dir: &Path) -> Vec<ImportPair> {
             .ok()
             .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
             .and_then(|s| s.pointer("/bundle/size").and_then(serde_json::Value::as_u64));
-        let on_disk = std::fs::metadata(&bundle).map(|m| m.len()).ok();
-        if size.is_some() && size == on_disk {
+        if size == Some(bundle_meta.len()) {
+            let mtime = |m: &std::fs::Metadata| m.modified().unwrap_or(std::time::UNIX_EPOCH);
             out.push(ImportPair {
+                stamp: (
+                    bundle_meta.len(),
+                    mtime(&bundle_meta),
+                    env_meta.len(),
+                    mtime(&env_meta),
+                ),
                 bundle,
                 envelope: e.path(),
+                envelope_bytes: env_bytes,
             });
         }
     }

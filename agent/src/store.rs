@@ -85,7 +85,15 @@ pub struct ChannelState {
     /// When the last check ran.
     #[serde(default)]
     pub checked: Option<Timestamp>,
+    /// Applies of the accepted bundle that started and never finished (the agent died
+    /// while applying): a bundle that keeps killing the agent is skipped at start.
+    #[serde(default)]
+    pub unfinished_applies: u32,
 }
+
+/// Most bytes of reports the outbox holds; the oldest go first beyond it (the newest report
+/// of each channel is kept longest).
+pub const OUTBOX_MAX_BYTES: u64 = 16 << 20;
 
 /// The store.
 pub struct Store {
@@ -261,54 +269,56 @@ impl Store {
         Ok(())
     }
 
-    /// Appends a report to the outbox, numbering it; when the outbox holds more than `limit`
-    /// reports, older ones of channels that have a newer report go first, then the oldest.
-    pub fn push_report(&self, mut report: Report, limit: usize) -> Result<Report, StoreError> {
-        let next: u64 = self
-            .meta("next_seq")?
-            .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
-            .unwrap_or(1);
-        report.seq = next;
+    /// Queues a report (trimmed to the hub's size limit), giving it the next sequence
+    /// number: read and bumped in the same write transaction, so two reports never share one.
+    /// Beyond `limit` reports or [`OUTBOX_MAX_BYTES`], the oldest go first, keeping each
+    /// channel's newest report longest; what was dropped is counted.
+    pub fn push_report(&self, report: Report, limit: usize) -> Result<Report, StoreError> {
+        let mut report = report.fit();
         report.instance = self.instance()?;
-        let bytes = serde_json::to_vec(&report).expect("serializes");
         let mut dropped = 0u64;
         self.write(|t| {
-            t.open_table(META)?
-                .insert("next_seq", (next + 1).to_string().as_bytes())?;
+            let mut meta = t.open_table(META)?;
+            let next: u64 = meta
+                .get("next_seq")?
+                .and_then(|v| String::from_utf8(v.value().to_vec()).ok()?.parse().ok())
+                .unwrap_or(1);
+            meta.insert("next_seq", (next + 1).to_string().as_bytes())?;
+            drop(meta);
+            report.seq = next;
+            let bytes = serde_json::to_vec(&report).expect("serializes");
             let mut outbox = t.open_table(OUTBOX)?;
             outbox.insert(next, bytes.as_slice())?;
-            let len = outbox.len()? as usize;
-            if len > limit {
-                let all: Vec<(u64, String)> = outbox
-                    .iter()?
-                    .map(|e| {
-                        e.map(|(k, v)| {
-                            let channel = serde_json::from_slice::<Report>(v.value())
-                                .map(|r| r.channel)
-                                .unwrap_or_default();
-                            (k.value(), channel)
-                        })
+            let all: Vec<(u64, String, u64)> = outbox
+                .iter()?
+                .map(|e| {
+                    e.map(|(k, v)| {
+                        let channel = serde_json::from_slice::<Report>(v.value())
+                            .map(|r| r.channel)
+                            .unwrap_or_default();
+                        (k.value(), channel, v.value().len() as u64)
                     })
-                    .collect::<Result<_, _>>()?;
+                })
+                .collect::<Result<_, _>>()?;
+            let mut count = all.len();
+            let mut total: u64 = all.iter().map(|(_, _, n)| n).sum();
+            if count > limit || total > OUTBOX_MAX_BYTES {
                 let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
-                for (k, c) in &all {
+                for (k, c, _) in &all {
                     newest.insert(c, *k);
                 }
-                let mut victims: Vec<u64> = all
+                // Older reports of a channel first, then the rest, oldest first.
+                let order = all
                     .iter()
-                    .filter(|(k, c)| newest[c.as_str()] != *k)
-                    .map(|(k, _)| *k)
-                    .collect();
-                if victims.len() < len - limit {
-                    let rest: Vec<u64> = all
-                        .iter()
-                        .map(|(k, _)| *k)
-                        .filter(|k| !victims.contains(k))
-                        .collect();
-                    victims.extend(rest);
-                }
-                for k in victims.into_iter().take(len - limit) {
-                    outbox.remove(k)?;
+                    .filter(|(k, c, _)| newest[c.as_str()] != *k)
+                    .chain(all.iter().filter(|(k, c, _)| newest[c.as_str()] == *k));
+                for (k, _, n) in order {
+                    if count <= limit && total <= OUTBOX_MAX_BYTES || *k == next {
+                        break;
+                    }
+                    outbox.remove(*k)?;
+                    count -= 1;
+                    total -= n;
                     dropped += 1;
                 }
             }
@@ -319,6 +329,22 @@ impl Store {
             self.set_meta("dropped", total.to_string().as_bytes())?;
         }
         Ok(report)
+    }
+
+    /// Channels the hub last said this cluster runs (from its desired state).
+    pub fn assigned(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        Ok(self
+            .meta("assigned")?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default())
+    }
+
+    /// Records the channels the hub says this cluster runs.
+    pub fn set_assigned(&self, channels: &std::collections::BTreeSet<String>) -> Result<(), StoreError> {
+        if self.assigned()? == *channels {
+            return Ok(());
+        }
+        self.set_meta("assigned", &serde_json::to_vec(channels).expect("serializes"))
     }
 
     /// The oldest `max` reports in the outbox.

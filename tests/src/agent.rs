@@ -75,6 +75,11 @@ impl AgentProcess {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -104,4 +109,75 @@ pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool 
         std::thread::sleep(Duration::from_millis(50));
     }
     condition()
+}
+
+/// Writes a bundle of `files` for `channel` at `generation`, signed by `key`, into `dir` as
+/// `<sha256>.tar.gz` + `<sha256>.dsse.json`, bypassing every check the hub makes (attack
+/// fixtures: what a hub key could be made to sign). Returns both paths.
+pub fn signed_pair(
+    dir: &Path,
+    channel: &str,
+    generation: u64,
+    files: &std::collections::BTreeMap<String, Vec<u8>>,
+    key: &skiff_proto::keys::SigningKey,
+) -> (PathBuf, PathBuf) {
+    use skiff_proto::bundle::{Limits, Source, write_bundle};
+    use skiff_proto::dsse::Envelope;
+    use skiff_proto::statement::{BundleRef, Statement};
+    let built = write_bundle(
+        channel,
+        Source::default(),
+        Some("demo".into()),
+        files,
+        &Limits::default(),
+    )
+    .expect("bundle within the format's caps");
+    let statement = Statement::new(
+        BundleRef {
+            sha256: built.digest,
+            size: built.bytes.len() as u64,
+        },
+        channel,
+        generation,
+        None,
+    );
+    std::fs::create_dir_all(dir).expect("dir");
+    let bundle = dir.join(format!("{}.tar.gz", built.digest));
+    let envelope = dir.join(format!("{}.dsse.json", built.digest));
+    std::fs::write(&bundle, &built.bytes).expect("bundle");
+    std::fs::write(&envelope, Envelope::sign_statement(&statement, &[key]).to_json()).expect("envelope");
+    (bundle, envelope)
+}
+
+/// Runs `skiff-agent ARGS` and returns its result with its peak resident memory in KiB
+/// (from the kernel's accounting of finished children, read by python3).
+pub fn agent_with_peak_rss(args: &[&str]) -> (Run, u64) {
+    let script = "import resource,subprocess,sys\nr=subprocess.run(sys.argv[1:],capture_output=True)\nsys.stdout.buffer.write(r.stdout)\nsys.stderr.buffer.write(r.stderr)\nsys.stderr.write('\\nPEAK_RSS_KIB=%d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\nsys.exit(r.returncode)\n";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(bin("skiff-agent"))
+        .args(args)
+        .output()
+        .expect("run python3 (needed to measure peak memory)");
+    let run: Run = out.into();
+    let peak = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("PEAK_RSS_KIB="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("peak RSS printed");
+    (run, peak)
+}
+
+/// Peak resident memory of a running process so far, KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -11,6 +11,9 @@ use skiff_proto::api::{Drift, ObjectError, ObjectRef};
 
 use super::{Checked, Desired, Outcome, prune_set, split_duplicates};
 
+/// Prefix of the temporary files writes go through.
+const TEMP_PREFIX: &str = ".skiff-";
+
 /// The `dir` applier.
 #[derive(Clone, Debug)]
 pub struct DirApplier {
@@ -23,13 +26,41 @@ impl DirApplier {
         Self { root }
     }
 
-    /// The file an object lives in.
-    pub fn path_of(&self, channel: &str, id: &ObjectRef) -> PathBuf {
+    /// The file an object lives in, `PATH/<channel>/<namespace or _cluster>/<kind>.<name>.yaml`;
+    /// an error for any object whose file would not stay beneath `PATH/<channel>/` (the
+    /// parser refuses such names already; this holds whatever reaches it).
+    pub fn path_of(&self, channel: &str, id: &ObjectRef) -> Result<PathBuf, String> {
         let scope = id.namespace.as_deref().unwrap_or("_cluster");
-        self.root
-            .join(channel)
-            .join(scope)
-            .join(format!("{}.{}.yaml", id.kind.to_lowercase(), id.name))
+        let file = format!("{}.{}.yaml", id.kind.to_lowercase(), id.name);
+        let rel = format!("{channel}/{scope}/{file}");
+        let single = |part: &str| !part.is_empty() && !part.contains('/') && part != "." && part != "..";
+        if !(single(channel) && single(scope) && single(&file))
+            || skiff_proto::bundle::check_path(&rel).is_err()
+        {
+            return Err(format!(
+                "{id}: its file {rel:?} would not stay beneath {}/{channel}/",
+                self.root.display()
+            ));
+        }
+        Ok(self.root.join(rel))
+    }
+
+    /// Removes temporary files an interrupted write left beneath the target.
+    pub fn remove_temp_files(&self) {
+        fn walk(dir: &Path, depth: usize) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let Ok(kind) = e.file_type() else { continue };
+                if kind.is_dir() && depth < 3 {
+                    walk(&e.path(), depth + 1);
+                } else if kind.is_file() && e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        walk(&self.root, 0);
     }
 
     fn text(o: &Desired) -> String {
@@ -44,7 +75,9 @@ impl DirApplier {
         let mut checked = Checked::default();
         let (objects, _duplicates) = split_duplicates(objects.to_vec());
         for o in &objects {
-            let path = self.path_of(channel, &o.id);
+            let Ok(path) = self.path_of(channel, &o.id) else {
+                continue; // never applied either (see `apply`)
+            };
             let want = Self::text(o);
             let kind = match std::fs::read(&path) {
                 Err(_) => Some("missing"),
@@ -74,7 +107,16 @@ impl DirApplier {
         let mut outcome = Outcome::default();
         let (objects, duplicates) = split_duplicates(objects.to_vec());
         for o in &objects {
-            let path = self.path_of(channel, &o.id);
+            let path = match self.path_of(channel, &o.id) {
+                Ok(p) => p,
+                Err(message) => {
+                    outcome.errors.push(ObjectError {
+                        object: o.id.clone(),
+                        message,
+                    });
+                    continue;
+                }
+            };
             match write_atomic(&path, Self::text(o).as_bytes()) {
                 Ok(()) => outcome.applied.push(o.id.clone()),
                 Err(e) => outcome.errors.push(ObjectError {
@@ -86,7 +128,10 @@ impl DirApplier {
         outcome.errors.extend(duplicates);
         if outcome.errors.is_empty() {
             for gone in prune_set(previous, &outcome.applied) {
-                let path = self.path_of(channel, &gone);
+                // Only files the inventory names beneath this channel's folder.
+                let Ok(path) = self.path_of(channel, &gone) else {
+                    continue;
+                };
                 let keep = std::fs::read(&path)
                     .ok()
                     .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -109,9 +154,37 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(()); // unchanged: no write, no mtime bump for watchers like k3s
     }
-    let mut tmp = tempfile::Builder::new().prefix(".skiff-").tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_files_stay_beneath_the_channel_folder() {
+        let d = DirApplier::new(PathBuf::from("/srv/out"));
+        let id = |ns: Option<&str>, kind: &str, name: &str| ObjectRef {
+            api_version: "v1".into(),
+            kind: kind.into(),
+            namespace: ns.map(str::to_owned),
+            name: name.into(),
+        };
+        assert_eq!(
+            d.path_of("demo", &id(Some("web"), "ConfigMap", "a")).unwrap(),
+            PathBuf::from("/srv/out/demo/web/configmap.a.yaml")
+        );
+        for bad in [
+            id(Some(".."), "ConfigMap", "a"),
+            id(Some("../../etc"), "ConfigMap", "a"),
+            id(None, "ConfigMap", "../../../x"),
+            id(None, "a/../..", "b"),
+        ] {
+            assert!(d.path_of("demo", &bad).is_err(), "{bad}");
+        }
+    }
 }
