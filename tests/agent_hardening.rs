@@ -310,3 +310,68 @@ async fn a_hostile_hub_cannot_make_the_agent_read_without_bound() {
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
     proc.kill();
 }
+
+/// The shipped memory limit (the systemd unit's `MemoryMax`), in KiB.
+fn shipped_memory_limit_kib() -> u64 {
+    let unit =
+        std::fs::read_to_string(skiff_tests::workspace_root().join("deploy/systemd/skiff-agent.service"))
+            .unwrap();
+    let value = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("MemoryMax="))
+        .expect("the agent unit sets MemoryMax");
+    let (n, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+    let n: u64 = n.parse().unwrap();
+    match unit {
+        "M" => n * 1024,
+        "G" => n * 1024 * 1024,
+        other => panic!("unit {other:?}"),
+    }
+}
+
+/// Finding 10: a bundle at the format's caps (64 MiB of manifests, 8,000 files of small
+/// objects: the costliest shape to parse) applies under the shipped memory limit.
+#[test]
+fn a_bundle_at_the_caps_applies_under_the_shipped_memory_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let public = write_key(&tmp.path().join("keys"), &key);
+    let limits = skiff_proto::bundle::Limits::default();
+    let files_n = 8_000usize;
+    let per_file = (limits.max_total_size as usize - 4096) / files_n;
+    let mut files = BTreeMap::new();
+    for i in 0..files_n {
+        let head =
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}, namespace: demo}}\ndata:\n");
+        let mut body = head;
+        let mut k = 0;
+        while body.len() + 40 < per_file {
+            body.push_str(&format!("  key-{k:05}: value-{i:05}-{k:05}-abcdefgh\n"));
+            k += 1;
+        }
+        files.insert(format!("cm-{i:05}.yaml"), body.into_bytes());
+    }
+    let total: usize = files.values().map(Vec::len).sum();
+    assert!(total as u64 > limits.max_total_size - (1 << 20), "{total}");
+    let (b, e) = signed_pair(&tmp.path().join("usb"), "demo", 1, &files, &key);
+    drop(files);
+    let target = tmp.path().join("out");
+    let config = write_config(
+        &tmp.path().join("agent"),
+        "edge-1",
+        &public,
+        &format!("dir:{}", target.display()),
+        "channels: {demo: {}}\n",
+    );
+    let (run, peak) = agent_with_peak_rss(&["import", "--config", s(&config), s(&b), s(&e)]);
+    let limit = shipped_memory_limit_kib();
+    println!(
+        "bundle at the caps ({total} bytes in {files_n} files): agent peak RSS {peak} KiB (limit {limit} KiB)"
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(target.join("demo/demo/configmap.cm-7999.yaml").exists());
+    assert!(
+        peak < limit,
+        "peak RSS {peak} KiB over the shipped limit of {limit} KiB"
+    );
+}

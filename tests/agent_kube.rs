@@ -162,8 +162,8 @@ async fn server_errors_are_retried() {
     let Some(server) = &c.server else { return }; // fault injection needs the test server
     let st = setup(&c);
     // 503 and 429 are retried by the client itself; the agent retries whole applies too.
-    server.fail_next(3, 503, "/deployments/web");
-    server.fail_next(2, 429, "/services/web");
+    server.fail_next_apply(3, 503, "/deployments/web", "skiff");
+    server.fail_next_apply(2, 429, "/services/web", "skiff");
     let run = import(&st, 1);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
@@ -179,7 +179,7 @@ async fn the_running_agent_retries_a_500_until_the_bundle_applies() {
     let import = st.tmp.path().join("usb");
     std::fs::create_dir_all(&import).unwrap();
     // kube's client does not retry 500s; the agent's retry loop must.
-    server.fail_next(3, 500, "/configmaps/web-config");
+    server.fail_next_apply(3, 500, "/configmaps/web-config", "skiff");
     std::fs::copy(&b, import.join(b.file_name().unwrap())).unwrap();
     std::fs::copy(&e, import.join(e.file_name().unwrap())).unwrap();
     let config =
@@ -201,9 +201,12 @@ async fn the_running_agent_retries_a_500_until_the_bundle_applies() {
 
 #[tokio::test]
 async fn crds_larger_than_the_annotation_limit_apply() {
+    let Some(corpus) = skiff_tests::corpus_dir("crds_larger_than_the_annotation_limit_apply") else {
+        return;
+    };
     let c = TestCluster::start().await;
     let st = setup(&c);
-    let crds = skiff_tests::corpus_dir().join("gateway-api/config/crd/standard");
+    let crds = corpus.join("gateway-api/config/crd/standard");
     // httproutes is 429 KB of YAML: a client-side apply's last-applied annotation of it
     // comes close to the 256 KiB annotation limit; server-side apply keeps none.
     let biggest = std::fs::read_dir(&crds)

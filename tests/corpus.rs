@@ -13,8 +13,8 @@ const SETS: [&str; 5] = [
     "podinfo",
 ];
 
-fn recorded(set: &str, field: &str) -> usize {
-    let source = std::fs::read_to_string(corpus_dir().join(set).join("SOURCE.txt")).unwrap();
+fn recorded(corpus: &std::path::Path, set: &str, field: &str) -> usize {
+    let source = std::fs::read_to_string(corpus.join(set).join("SOURCE.txt")).unwrap();
     source
         .lines()
         .find_map(|l| l.trim().strip_prefix(&format!("{field}:")))
@@ -25,8 +25,8 @@ fn recorded(set: &str, field: &str) -> usize {
 }
 
 /// Manifest files as SOURCE.txt counts them: *.yaml/*.yml/*.json outside `kustomize/`.
-fn manifest_files(set: &str) -> Vec<String> {
-    files_with_ext(&corpus_dir().join(set), &[".yaml", ".yml", ".json"])
+fn manifest_files(corpus: &std::path::Path, set: &str) -> Vec<String> {
+    files_with_ext(&corpus.join(set), &[".yaml", ".yml", ".json"])
         .into_iter()
         .filter(|p| !p.starts_with("kustomize/"))
         .collect()
@@ -34,29 +34,36 @@ fn manifest_files(set: &str) -> Vec<String> {
 
 #[test]
 fn every_corpus_file_parses_and_document_counts_match_source_txt() {
+    let Some(corpus) = corpus_dir("every_corpus_file_parses_and_document_counts_match_source_txt") else {
+        return;
+    };
     for set in SETS {
-        let files = manifest_files(set);
+        let files = manifest_files(&corpus, set);
         assert_eq!(
             files.len(),
-            recorded(set, "manifest files"),
+            recorded(&corpus, set, "manifest files"),
             "{set}: manifest files"
         );
         let mut documents = 0;
         for file in &files {
-            let bytes = std::fs::read(corpus_dir().join(set).join(file)).unwrap();
+            let bytes = std::fs::read(corpus.join(set).join(file)).unwrap();
             let docs = parse_file(file, &bytes).unwrap_or_else(|e| panic!("{set}: {e}"));
             documents += docs.len();
         }
-        assert_eq!(documents, recorded(set, "documents"), "{set}: documents");
+        assert_eq!(documents, recorded(&corpus, set, "documents"), "{set}: documents");
     }
 }
 
 #[test]
 fn corpus_objects_have_names_except_the_documented_generate_name_jobs() {
+    let Some(corpus) = corpus_dir("corpus_objects_have_names_except_the_documented_generate_name_jobs")
+    else {
+        return;
+    };
     let mut generate_name = Vec::new();
     for set in SETS {
-        for file in manifest_files(set) {
-            let bytes = std::fs::read(corpus_dir().join(set).join(&file)).unwrap();
+        for file in manifest_files(&corpus, set) {
+            let bytes = std::fs::read(corpus.join(set).join(&file)).unwrap();
             match parse_objects(&file, &bytes) {
                 Ok(objects) => assert!(objects.iter().all(|o| !o.name.is_empty())),
                 Err(ManifestError::NotAnObject { problem, .. }) if problem.contains("generateName") => {
@@ -76,8 +83,11 @@ fn corpus_objects_have_names_except_the_documented_generate_name_jobs() {
 
 #[test]
 fn unquoted_octal_default_mode_reads_as_kubernetes_reads_it() {
+    let Some(corpus) = corpus_dir("unquoted_octal_default_mode_reads_as_kubernetes_reads_it") else {
+        return;
+    };
     let file = "quickstarts/hello-app-redis/manifests/redis-cluster.yaml";
-    let bytes = std::fs::read(corpus_dir().join("gke-samples").join(file)).unwrap();
+    let bytes = std::fs::read(corpus.join("gke-samples").join(file)).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(
         text.contains("defaultMode: 0755"),

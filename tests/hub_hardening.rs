@@ -451,3 +451,169 @@ fn stalled_downloads_do_not_hold_copies_of_the_bundle() {
         "hub grew {grown_mib} MiB holding 10 stalled downloads"
     );
 }
+
+/// Finding 11: the small holes, each against the real hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_secrets_metrics_and_headers_are_checked_everywhere() {
+    use hmac::{KeyInit, Mac};
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = example_repo(&dir.path().join("fleet"));
+    let secret = dir.path().join("hook.secret");
+    let metrics_token = dir.path().join("metrics.token");
+    std::fs::write(&metrics_token, "metrics-token-0123456789").unwrap();
+
+    // A short webhook secret is refused at start, naming the key.
+    std::fs::write(&secret, "short").unwrap();
+    let short = std::panic::catch_unwind(|| {
+        HubProcess::start(
+            &dir.path().join("bad"),
+            &channels(&repo, "").replace(
+                "poll: 1h}",
+                &format!("poll: 1h, webhook_secret_file: {}}}", secret.display()),
+            ),
+        )
+    });
+    let message = short
+        .err()
+        .and_then(|e| e.downcast::<String>().ok())
+        .map(|m| *m)
+        .unwrap_or_default();
+    assert!(
+        message.contains("webhook_secret_file") && message.contains("at least 16"),
+        "{message}"
+    );
+
+    std::fs::write(&secret, "hook-secret-0123456789").unwrap();
+    let hub = HubProcess::start(
+        &dir.path().join("hub"),
+        &channels(
+            &repo,
+            &format!("metrics: {{token_file: {}}}\n", metrics_token.display()),
+        )
+        .replace(
+            "poll: 1h}",
+            &format!("poll: 1h, webhook_secret_file: {}}}", secret.display()),
+        ),
+    );
+    let token = hub.add_cluster("edge-1", &[]);
+    let http = reqwest::Client::new();
+    let url = hub.url();
+
+    // /metrics needs its token (or the admin token); per-cluster series are off by default.
+    let metrics = |bearer: Option<&str>| {
+        let mut r = http.get(format!("{url}/metrics"));
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        r.send()
+    };
+    assert_eq!(metrics(None).await.unwrap().status(), 401);
+    let m = metrics(Some("metrics-token-0123456789")).await.unwrap();
+    assert_eq!(m.status(), 200);
+    let text = m.text().await.unwrap();
+    assert!(
+        text.contains("skiff_hub_connections_open") && !text.contains("cluster=\""),
+        "{text}"
+    );
+    assert_eq!(metrics(Some(&hub.admin_token)).await.unwrap().status(), 200);
+
+    // More than one Authorization header: 400 on the direct path and through the router.
+    for path in ["/v1/clusters/edge-1/desired", "/v1/admin/status"] {
+        let r = http
+            .get(format!("{url}{path}"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("authorization", format!("Bearer {}", hub.admin_token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+    }
+
+    // A replayed webhook delivery does nothing.
+    let body = br#"{"ref": "refs/heads/main"}"#;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(b"hook-secret-0123456789").unwrap();
+    mac.update(body);
+    let sig = format!(
+        "sha256={}",
+        skiff_proto::digest::hex(&mac.finalize().into_bytes())
+    );
+    let hook = || {
+        http.post(format!("{url}/v1/hooks/git/fleet"))
+            .header("x-hub-signature-256", &sig)
+            .header("x-github-delivery", "d-1")
+            .body(body.to_vec())
+            .send()
+    };
+    assert_eq!(hook().await.unwrap().status(), 202);
+    let replay: serde_json::Value = hook().await.unwrap().json().await.unwrap();
+    assert_eq!(replay["duplicate"], true, "{replay}");
+
+    // A token rotated while its long-poll waits: the poll ends with 401.
+    // Once the channel is built (nothing else changes the answer after that) …
+    let built = eventually(WAIT, || async {
+        let d: serde_json::Value = http
+            .get(format!("{url}/v1/clusters/edge-1/desired"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        !d["channels"].as_array().unwrap().is_empty()
+    })
+    .await;
+    assert!(built, "{}", hub.log());
+    let etag = {
+        let r = http
+            .get(format!("{url}/v1/clusters/edge-1/desired"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        r.headers()["etag"].to_str().unwrap().to_owned()
+    };
+    let poll = tokio::spawn({
+        let (http, url, token, etag) = (http.clone(), url.clone(), token.clone(), etag.clone());
+        async move {
+            http.get(format!("{url}/v1/clusters/edge-1/desired?wait=60"))
+                .bearer_auth(token)
+                .header("if-none-match", etag)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    hub.admin(&["cluster", "rotate-token", "edge-1"]).success();
+    let status = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 401);
+}
+
+/// Finding 11: the admin token has the same minimum length from every source.
+#[test]
+fn a_short_admin_token_is_refused_from_the_environment_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = example_repo(&dir.path().join("fleet"));
+    let hub = std::panic::catch_unwind(|| {
+        HubProcess::start_with_env(
+            &dir.path().join("hub"),
+            &channels(&repo, ""),
+            &[("SKIFF_HUB_ADMIN_TOKEN", "short")],
+        )
+    });
+    let message = hub
+        .err()
+        .and_then(|e| e.downcast::<String>().ok())
+        .map(|m| *m)
+        .unwrap_or_default();
+    assert!(
+        message.contains("admin_token") && message.contains("at least 16"),
+        "{message}"
+    );
+}

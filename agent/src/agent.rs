@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::apply::dir::DirApplier;
 use crate::apply::kube::KubeApplier;
-use crate::apply::{Checked, Outcome, builtin_cluster_scoped, objects};
+use crate::apply::{Checked, Outcome};
 use crate::config::{AgentConfig, Target};
 use crate::source::{HubClient, SourceError, scan_import_dir};
 use crate::store::{Accepted, Applied, ChannelState, Store};
@@ -310,7 +310,11 @@ impl Agent {
                 return Ok(Offered::Rejected(error));
             }
         };
-        let s = &verified.statement;
+        // The bundle is read again from the store to apply it: holding this copy too would
+        // double the memory a large bundle needs.
+        let statement = verified.statement;
+        drop(verified.bundle);
+        let s = &statement;
         let same = state
             .accepted
             .as_ref()
@@ -396,12 +400,7 @@ impl Agent {
         };
         let outcome = match &self.applier {
             Applier::Kube(k) => k.apply(channel, &verified.bundle, &previous).await,
-            Applier::Dir(d) => match objects(&verified.bundle, channel, &|api, kind| {
-                !builtin_cluster_scoped(api, kind)
-            }) {
-                Ok(objs) => d.apply(channel, &objs, &previous),
-                Err(errors) => crate::apply::unreadable(errors),
-            },
+            Applier::Dir(d) => d.apply(channel, &verified.bundle, &previous),
         };
         let ok = outcome.errors.is_empty();
         // What is in the cluster now: all of it on success; on failure nothing was pruned,
@@ -553,15 +552,7 @@ impl Agent {
                 errors: o.errors.iter().map(|e| e.message.clone()).collect(),
                 ..Checked::default()
             }),
-            Applier::Dir(d) => {
-                match objects(bundle, channel, &|api, kind| !builtin_cluster_scoped(api, kind)) {
-                    Ok(objs) => d.check(channel, &objs, heal),
-                    Err(errors) => Checked {
-                        errors: errors.iter().map(ToString::to_string).collect(),
-                        ..Checked::default()
-                    },
-                }
-            }
+            Applier::Dir(d) => d.check(channel, bundle, heal),
         }
     }
 

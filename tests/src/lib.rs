@@ -22,9 +22,24 @@ pub fn examples_dir() -> PathBuf {
     workspace_root().join("deploy/examples")
 }
 
-/// The shared corpus of real-world manifests (`../shared/corpus` beside the checkout).
-pub fn corpus_dir() -> PathBuf {
-    workspace_root().join("../shared/corpus")
+/// Environment variable naming the shared corpus of real-world manifests.
+pub const CORPUS_VAR: &str = "SKIFF_CORPUS";
+
+/// The shared corpus of real-world manifests: `$SKIFF_CORPUS`, else `../shared/corpus`
+/// beside the checkout. `None` (after saying loudly on stderr which test is skipped and
+/// how to run it) when it is not there: a fresh clone has no corpus.
+pub fn corpus_dir(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os(CORPUS_VAR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/corpus"));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    eprintln!(
+        "SKIPPED {test}: no corpus of real-world manifests at {} (set {CORPUS_VAR}=/path/to/corpus to run it)",
+        dir.display()
+    );
+    None
 }
 
 /// Path of a workspace binary (`skiff-hub`, `skiff-agent`) built next to the test executable.

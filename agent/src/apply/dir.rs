@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use skiff_proto::api::{Drift, ObjectError, ObjectRef};
 
-use super::{Checked, Desired, Outcome, prune_set, split_duplicates};
+use skiff_proto::bundle::Bundle;
+use skiff_proto::manifest::Budget;
+
+use super::{Checked, Desired, Outcome, builtin_cluster_scoped, duplicate_errors, file_objects, prune_set};
 
 /// Prefix of the temporary files writes go through.
 const TEMP_PREFIX: &str = ".skiff-";
@@ -69,23 +72,58 @@ impl DirApplier {
         text
     }
 
+    /// Reads a bundle's objects file by file, calling `each` with one file's objects at a
+    /// time (a first pass has found objects defined twice: those are skipped and returned
+    /// as errors). Memory: one file's objects, not the bundle's.
+    fn each_object(
+        channel: &str,
+        bundle: &Bundle,
+        mut each: impl FnMut(Desired),
+    ) -> Result<Vec<ObjectError>, Outcome> {
+        let namespaced = |api: &str, kind: &str| !builtin_cluster_scoped(api, kind);
+        let mut ids = Vec::new();
+        let mut unreadable = Vec::new();
+        let mut budget = Budget::for_bundle(bundle.manifest.total_size);
+        for file in &bundle.files {
+            match file_objects(bundle, file, channel, &namespaced, &mut budget) {
+                Ok(objs) => ids.extend(objs.into_iter().map(|o| (o.id, o.origin))),
+                Err(e) => unreadable.push(e),
+            }
+        }
+        if !unreadable.is_empty() {
+            return Err(super::unreadable(unreadable));
+        }
+        let duplicates = duplicate_errors(&ids);
+        drop(ids);
+        let mut budget = Budget::for_bundle(bundle.manifest.total_size);
+        for file in &bundle.files {
+            let objs = file_objects(bundle, file, channel, &namespaced, &mut budget)
+                .map_err(|e| super::unreadable(vec![e]))?;
+            for o in objs {
+                if !duplicates.contains_key(&o.id) {
+                    each(o);
+                }
+            }
+        }
+        Ok(duplicates.into_values().collect())
+    }
+
     /// Compares each object's file with what skiff wrote; rewrites drifted ones when
     /// `heal` allows. Files carry no status, so every object counts as healthy.
-    pub fn check(&self, channel: &str, objects: &[Desired], heal: bool) -> Checked {
+    pub fn check(&self, channel: &str, bundle: &Bundle, heal: bool) -> Checked {
         let mut checked = Checked::default();
-        let (objects, _duplicates) = split_duplicates(objects.to_vec());
-        for o in &objects {
+        let result = Self::each_object(channel, bundle, |o| {
             let Ok(path) = self.path_of(channel, &o.id) else {
-                continue; // never applied either (see `apply`)
+                return; // never applied either (see `apply`)
             };
-            let want = Self::text(o);
+            let want = Self::text(&o);
             let kind = match std::fs::read(&path) {
                 Err(_) => Some("missing"),
                 Ok(b) if b != want.as_bytes() => Some("modified"),
                 Ok(_) => None,
             };
             checked.health.push((o.id.clone(), "Healthy", None));
-            let Some(kind) = kind else { continue };
+            let Some(kind) = kind else { return };
             let heal = heal && !crate::drift::self_heal_disabled(&o.value);
             let corrected = heal && write_atomic(&path, want.as_bytes()).is_ok();
             checked.drift.push(Drift {
@@ -98,15 +136,18 @@ impl DirApplier {
                 }],
                 corrected,
             });
+        });
+        if let Err(outcome) = result {
+            checked.errors = outcome.errors.iter().map(|e| e.message.clone()).collect();
         }
         checked
     }
 
-    /// Writes every object, then removes what `previous` had and `objects` lack.
-    pub fn apply(&self, channel: &str, objects: &[Desired], previous: &[ObjectRef]) -> Outcome {
+    /// Writes every object of the bundle, file by file, then removes what `previous` had
+    /// and the bundle lacks (only after every object was written).
+    pub fn apply(&self, channel: &str, bundle: &Bundle, previous: &[ObjectRef]) -> Outcome {
         let mut outcome = Outcome::default();
-        let (objects, duplicates) = split_duplicates(objects.to_vec());
-        for o in &objects {
+        let result = Self::each_object(channel, bundle, |o| {
             let path = match self.path_of(channel, &o.id) {
                 Ok(p) => p,
                 Err(message) => {
@@ -114,18 +155,21 @@ impl DirApplier {
                         object: o.id.clone(),
                         message,
                     });
-                    continue;
+                    return;
                 }
             };
-            match write_atomic(&path, Self::text(o).as_bytes()) {
+            match write_atomic(&path, Self::text(&o).as_bytes()) {
                 Ok(()) => outcome.applied.push(o.id.clone()),
                 Err(e) => outcome.errors.push(ObjectError {
                     object: o.id.clone(),
                     message: format!("writing {}: {e}", path.display()),
                 }),
             }
+        });
+        match result {
+            Ok(duplicates) => outcome.errors.extend(duplicates),
+            Err(unreadable) => return unreadable,
         }
-        outcome.errors.extend(duplicates);
         if outcome.errors.is_empty() {
             for gone in prune_set(previous, &outcome.applied) {
                 // Only files the inventory names beneath this channel's folder.

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 use skiff_proto::api::{Drift, ObjectError, ObjectRef};
-use skiff_proto::bundle::Bundle;
-use skiff_proto::manifest::{ManifestError, parse_objects};
+use skiff_proto::bundle::{Bundle, BundleFile};
+use skiff_proto::manifest::{Budget, ManifestError, parse_objects_within};
 
 /// Label put on every applied object.
 pub const CHANNEL_LABEL: &str = "skiff.dev/channel";
@@ -88,70 +88,81 @@ pub fn builtin_cluster_scoped(api_version: &str, kind: &str) -> bool {
 
 /// Reads a bundle's objects, gives namespaced ones without a namespace the default (as
 /// `kubectl -n` would), labels them with the channel. `namespaced` decides scope. Every
-/// unreadable document is reported, not just the first.
+/// unreadable document is reported, not just the first. The bundle's parse budget
+/// ([`Budget::for_bundle`]) holds across its files.
 pub fn objects(
     bundle: &Bundle,
     channel: &str,
     namespaced: &dyn Fn(&str, &str) -> bool,
 ) -> Result<Vec<Desired>, Vec<ManifestError>> {
-    let default_ns = bundle
-        .manifest
-        .default_namespace
-        .clone()
-        .unwrap_or_else(|| "default".to_owned());
+    let mut budget = Budget::for_bundle(bundle.manifest.total_size);
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for file in &bundle.files {
-        match parse_objects(&file.path, &file.bytes) {
+        match file_objects(bundle, file, channel, namespaced, &mut budget) {
+            Ok(objs) => out.extend(objs),
             Err(e) => errors.push(e),
-            Ok(objs) => {
-                for o in objs {
-                    let mut value = o.value;
-                    let is_namespaced = namespaced(&o.api_version, &o.kind);
-                    let namespace = if is_namespaced {
-                        Some(o.namespace.unwrap_or_else(|| default_ns.clone()))
-                    } else {
-                        None
-                    };
-                    let meta = value["metadata"].as_object_mut().expect("checked by the parser");
-                    match &namespace {
-                        Some(ns) => {
-                            meta.insert("namespace".into(), Value::String(ns.clone()));
-                        }
-                        None => {
-                            meta.remove("namespace");
-                        }
-                    }
-                    let labels = meta.entry("labels").or_insert_with(|| serde_json::json!({}));
-                    if !labels.is_object() {
-                        *labels = serde_json::json!({});
-                    }
-                    labels[CHANNEL_LABEL] = Value::String(channel.to_owned());
-                    let wave = meta
-                        .get("annotations")
-                        .and_then(|a| a.get(WAVE_ANNOTATION))
-                        .and_then(|w| {
-                            w.as_str()
-                                .and_then(|s| s.trim().parse().ok())
-                                .or_else(|| w.as_i64())
-                        })
-                        .unwrap_or(0);
-                    out.push(Desired {
-                        id: ObjectRef {
-                            api_version: o.api_version,
-                            kind: o.kind,
-                            namespace,
-                            name: o.name,
-                        },
-                        value,
-                        wave,
-                        origin: o.origin.to_string(),
-                    });
-                }
-            }
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// The objects of one file of a bundle, as [`objects`] reads them (so a caller can work
+/// file by file, holding one file's objects at a time).
+pub fn file_objects(
+    bundle: &Bundle,
+    file: &BundleFile,
+    channel: &str,
+    namespaced: &dyn Fn(&str, &str) -> bool,
+    budget: &mut Budget,
+) -> Result<Vec<Desired>, ManifestError> {
+    let default_ns = bundle.manifest.default_namespace.as_deref().unwrap_or("default");
+    let objs = parse_objects_within(&file.path, &file.bytes, budget)?;
+    Ok(objs
+        .into_iter()
+        .map(|o| {
+            let mut value = o.value;
+            let namespace = if namespaced(&o.api_version, &o.kind) {
+                Some(o.namespace.unwrap_or_else(|| default_ns.to_owned()))
+            } else {
+                None
+            };
+            let meta = value["metadata"].as_object_mut().expect("checked by the parser");
+            match &namespace {
+                Some(ns) => {
+                    meta.insert("namespace".into(), Value::String(ns.clone()));
+                }
+                None => {
+                    meta.remove("namespace");
+                }
+            }
+            let labels = meta.entry("labels").or_insert_with(|| serde_json::json!({}));
+            if !labels.is_object() {
+                *labels = serde_json::json!({});
+            }
+            labels[CHANNEL_LABEL] = Value::String(channel.to_owned());
+            let wave = meta
+                .get("annotations")
+                .and_then(|a| a.get(WAVE_ANNOTATION))
+                .and_then(|w| {
+                    w.as_str()
+                        .and_then(|s| s.trim().parse().ok())
+                        .or_else(|| w.as_i64())
+                })
+                .unwrap_or(0);
+            Desired {
+                id: ObjectRef {
+                    api_version: o.api_version,
+                    kind: o.kind,
+                    namespace,
+                    name: o.name,
+                },
+                value,
+                wave,
+                origin: o.origin.to_string(),
+            }
+        })
+        .collect())
 }
 
 /// Drops the namespace of an object found to be cluster-scoped.
@@ -162,28 +173,42 @@ pub fn make_cluster_scoped(o: &mut Desired) {
     }
 }
 
+/// Objects defined more than once, by identity, with an error naming where each copy is
+/// (from `(identity, origin)` pairs: what a first pass over a bundle keeps of its objects).
+pub fn duplicate_errors(ids: &[(ObjectRef, String)]) -> std::collections::BTreeMap<ObjectRef, ObjectError> {
+    let mut seen: std::collections::BTreeMap<&ObjectRef, Vec<&str>> = std::collections::BTreeMap::new();
+    for (id, origin) in ids {
+        seen.entry(id).or_default().push(origin);
+    }
+    seen.into_iter()
+        .filter(|(_, origins)| origins.len() > 1)
+        .map(|(id, origins)| {
+            (
+                id.clone(),
+                ObjectError {
+                    object: id.clone(),
+                    message: format!(
+                        "defined {} times in the bundle ({}); none applied",
+                        origins.len(),
+                        origins.join("; ")
+                    ),
+                },
+            )
+        })
+        .collect()
+}
+
 /// Splits off objects defined more than once in a bundle: which copy should win is not
 /// skiff's to guess, so none is applied and each such object is an error naming where its
 /// copies are. (Two copies that differ would also be endless drift.)
 pub fn split_duplicates(objects: Vec<Desired>) -> (Vec<Desired>, Vec<ObjectError>) {
-    let mut seen: std::collections::BTreeMap<ObjectRef, Vec<String>> = std::collections::BTreeMap::new();
-    for o in &objects {
-        seen.entry(o.id.clone()).or_default().push(o.origin.clone());
-    }
-    let errors = seen
-        .iter()
-        .filter(|(_, origins)| origins.len() > 1)
-        .map(|(id, origins)| ObjectError {
-            object: id.clone(),
-            message: format!(
-                "defined {} times in the bundle ({}); none applied",
-                origins.len(),
-                origins.join("; ")
-            ),
-        })
+    let ids: Vec<(ObjectRef, String)> = objects.iter().map(|o| (o.id.clone(), o.origin.clone())).collect();
+    let duplicates = duplicate_errors(&ids);
+    let unique = objects
+        .into_iter()
+        .filter(|o| !duplicates.contains_key(&o.id))
         .collect();
-    let unique = objects.into_iter().filter(|o| seen[&o.id].len() == 1).collect();
-    (unique, errors)
+    (unique, duplicates.into_values().collect())
 }
 
 /// The apply phase of an object within its wave: Namespaces and CRDs, then other

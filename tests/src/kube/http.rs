@@ -117,7 +117,7 @@ pub async fn handle(
         return json_response(200, &json!({"requests": n}));
     }
     shared.log_request(&method, &uri);
-    if let Some(code) = shared.take_fault(&method, &path) {
+    if let Some(code) = shared.take_fault(&method, &path, query.get("fieldManager").map(String::as_str)) {
         let reason = if code == 429 {
             "TooManyRequests"
         } else {

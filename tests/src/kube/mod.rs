@@ -31,6 +31,9 @@ pub use store::{ApiError, State};
 struct Fault {
     path_contains: String,
     method: Option<Method>,
+    /// Only requests made by this field manager (`?fieldManager=`): a test's own reads and
+    /// writes never consume a fault meant for the agent.
+    field_manager: Option<String>,
     status: u16,
     remaining: usize,
 }
@@ -52,12 +55,15 @@ impl Shared {
             .push(format!("{method} {uri}"));
     }
 
-    fn take_fault(&self, method: &Method, path: &str) -> Option<u16> {
+    fn take_fault(&self, method: &Method, path: &str, field_manager: Option<&str>) -> Option<u16> {
         let mut faults = self.faults.lock().expect("faults lock");
         let fault = faults.iter_mut().find(|f| {
             f.remaining > 0
                 && path.contains(&f.path_contains)
                 && f.method.as_ref().is_none_or(|m| m == method)
+                && f.field_manager
+                    .as_deref()
+                    .is_none_or(|m| Some(m) == field_manager)
         })?;
         fault.remaining -= 1;
         let status = fault.status;
@@ -208,6 +214,20 @@ impl KubeTestServer {
         self.shared.faults.lock().expect("faults lock").push(Fault {
             path_contains: path_contains.to_owned(),
             method,
+            field_manager: None,
+            status,
+            remaining: count,
+        });
+    }
+
+    /// Makes the next `count` server-side applies (PATCH) by `field_manager` to paths
+    /// containing `path_contains` fail with `status`: scoped to the client under test, so
+    /// the test's own requests to the same object never take the fault.
+    pub fn fail_next_apply(&self, count: usize, status: u16, path_contains: &str, field_manager: &str) {
+        self.shared.faults.lock().expect("faults lock").push(Fault {
+            path_contains: path_contains.to_owned(),
+            method: Some(Method::PATCH),
+            field_manager: Some(field_manager.to_owned()),
             status,
             remaining: count,
         });
