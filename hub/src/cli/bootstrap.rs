@@ -38,6 +38,8 @@ struct Agent {
     token: String,
     keys: Vec<String>,
     ca: Option<String>,
+    /// The channels that target the cluster now.
+    channels: Vec<String>,
 }
 
 async fn register(hub: &HubArgs, name: &str, labels: &BTreeMap<String, String>) -> anyhow::Result<String> {
@@ -79,6 +81,16 @@ fn agent_yaml(a: &Agent, token_file: &str, dir: &str, kube: bool) -> String {
     if a.ca.is_some() {
         y.push_str(&format!("ca_file: {dir}/ca.crt\n"));
     }
+    // Bundles from an import folder are taken only for channels the hub offered or the
+    // config lists: list what targets the cluster today, so an air-gapped site works.
+    y.push_str(&format!(
+        "channels: {{{}}}\n",
+        a.channels
+            .iter()
+            .map(|c| format!("{c}: {{}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     if kube {
         y.push_str("target: kube\nnamespace: skiff-system\nlisten: 0.0.0.0:9090\n");
     } else {
@@ -173,12 +185,17 @@ pub async fn bootstrap(
 ) -> anyhow::Result<()> {
     let token = register(hub, name, labels).await?;
     let trust: TrustResponse = hub.client()?.json(Method::GET, "/v1/admin/trust", None).await?;
+    let desired: skiff_proto::api::Desired = hub
+        .client()?
+        .json(Method::GET, &format!("/v1/admin/clusters/{name}/desired"), None)
+        .await?;
     let agent = Agent {
         url: hub_url.unwrap_or(trust.public_url),
         cluster: name.to_owned(),
         token,
         keys: trust.public_keys,
         ca: trust.ca,
+        channels: desired.channels.into_iter().map(|c| c.channel).collect(),
     };
     match format {
         BootstrapFormat::Kube => print!("{}", manifest(&agent)?),
