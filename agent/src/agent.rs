@@ -915,10 +915,12 @@ impl Agent {
                 match self.import_files(&pair.bundle, &pair.envelope).await {
                     Ok(Offered::Rejected(_)) => {
                         // Reported once; set aside and not read again while unchanged.
-                        self.refused_imports
-                            .lock()
-                            .expect("imports")
-                            .insert(pair.bundle.clone(), pair.stamp);
+                        let mut refused = self.refused_imports.lock().expect("imports");
+                        if refused.len() >= 10_000 {
+                            refused.clear(); // bounded: at worst a pair is looked at again
+                        }
+                        refused.insert(pair.bundle.clone(), pair.stamp);
+                        drop(refused);
                         self.set_aside(&pair);
                     }
                     Ok(_) => {}

@@ -27,6 +27,8 @@ repos:
   - {name: fleet, url: "$work/fleet", poll: 1h}
 channels:
   - {name: demo, repo: fleet, branch: main, path: apps, targets: {labels: {fleet: sim}}}
+# Every simulated agent comes from 127.0.0.1: no per-address cap here.
+limits: {max_connections_per_address: 0}
 EOT
 SKIFF_LOG=warn "$bin/skiff-hub" serve --config "$work/hub.yaml" 2>"$work/hub.log" &
 hub_pid=$!
