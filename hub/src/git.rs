@@ -237,16 +237,16 @@ impl Repo {
         Ok(entries)
     }
 
-    /// The sizes of blobs, in the order asked, through one `git cat-file --batch-check`:
-    /// what reading them would cost, known before reading.
-    pub fn blob_sizes(&self, oids: &[&str]) -> Result<Vec<u64>, GitError> {
-        if oids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let request: String = oids.iter().map(|oid| format!("{oid}\n")).collect();
+    /// Starts `git cat-file` in a batch mode and writes `oids` to it from a thread (git
+    /// answers while we still write, and both pipes could fill).
+    fn cat_file(
+        &self,
+        args: &[&str],
+        oids: &[&str],
+    ) -> Result<(std::process::Child, std::thread::JoinHandle<std::io::Result<()>>), GitError> {
         let mut child = self
             .command()
-            .args(["cat-file", "--batch-check"])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -256,7 +256,18 @@ impl Repo {
                 source,
             })?;
         let mut stdin = child.stdin.take().expect("piped");
+        let request: String = oids.iter().map(|oid| format!("{oid}\n")).collect();
         let writer = std::thread::spawn(move || stdin.write_all(request.as_bytes()));
+        Ok((child, writer))
+    }
+
+    /// The sizes of blobs, in the order asked, through one `git cat-file --batch-check`:
+    /// what reading them would cost, known before reading.
+    pub fn blob_sizes(&self, oids: &[&str]) -> Result<Vec<u64>, GitError> {
+        if oids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut child, writer) = self.cat_file(&["cat-file", "--batch-check"], oids)?;
         let mut out = String::new();
         let read = child.stdout.take().expect("piped").read_to_string(&mut out);
         let _ = writer.join();
@@ -292,21 +303,7 @@ impl Repo {
         if oids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut child = self
-            .command()
-            .args(["cat-file", "--batch"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| GitError::Spawn {
-                repo: self.path.clone(),
-                source,
-            })?;
-        let mut stdin = child.stdin.take().expect("piped");
-        let request: String = oids.iter().map(|oid| format!("{oid}\n")).collect();
-        // Write from a thread: git answers while we still write, and both pipes could fill.
-        let writer = std::thread::spawn(move || stdin.write_all(request.as_bytes()));
+        let (mut child, writer) = self.cat_file(&["cat-file", "--batch"], oids)?;
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
         let protocol = |detail: String| GitError::Protocol {
             repo: self.path.clone(),

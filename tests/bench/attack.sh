@@ -45,6 +45,18 @@ def rss():
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS"):
             return int(line.split()[1])
+def open_count(socks):
+    """Sockets the hub still holds open (a closed one reads EOF or an error)."""
+    held = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            held += s.recv(1) != b""
+        except BlockingIOError:
+            held += 1
+        except OSError:
+            pass
+    return held
 def attack(sources):
     socks, t0 = [], time.time()
     for i in range(n):
@@ -56,16 +68,7 @@ def attack(sources):
         except OSError:
             s.close()
     time.sleep(1)
-    held = 0
-    for s in socks:
-        s.setblocking(False)
-        try:
-            held += s.recv(1) != b""
-        except BlockingIOError:
-            held += 1
-        except OSError:
-            pass
-    return socks, held, time.time() - t0
+    return socks, open_count(socks), time.time() - t0
 def poll():
     s = socket.socket(); s.bind(("127.0.0.200", 0)); s.settimeout(5)
     s.connect(("127.0.0.1", port))
@@ -75,14 +78,8 @@ for label, sources in [("one address", ["127.0.0.1"]), ("40 addresses", [f"127.0
     socks, held, took = attack(sources)
     print(f"{label}: {n} sockets opened in {took:.1f}s, {held} held by the hub, hub RSS {rss()} KiB, agent poll: {poll()}")
     time.sleep(11)
-    still = 0
+    still = open_count(socks)
     for s in socks:
-        try:
-            still += s.recv(1) != b""
-        except BlockingIOError:
-            still += 1
-        except OSError:
-            pass
         s.close()
     print(f"{label}: after the 10s first-byte timeout {still} still open, hub RSS {rss()} KiB")
 PY
