@@ -262,12 +262,10 @@ async fn read_head<IO: AsyncRead + Unpin>(
             deadline = tokio::time::Instant::now() + head_timeout;
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let complete = matches!(
-            httparse::Request::new(&mut headers).parse(&buf),
-            Ok(httparse::Status::Complete(_)) | Err(_)
-        );
-        if complete || buf.len() >= MAX_HEAD {
+        // An empty line ends a head for httparse (and hyper): LF LF or LF CR LF. Finding one
+        // is enough here; `classify` parses once and checks the head ends exactly there.
+        let ends = buf.windows(2).any(|w| w == b"\n\n") || buf.windows(3).any(|w| w == b"\n\r\n");
+        if ends || buf.len() >= MAX_HEAD {
             return Ok(Some(buf));
         }
     }
