@@ -428,3 +428,45 @@ fn every_command_has_help() {
     let run = run_bin("skiff-agent", &["bundle", "verify", "--help"]).success();
     assert!(run.stdout.contains("--threshold"), "{}", run.stdout);
 }
+
+/// `./apps`, `apps/` and `apps` name one folder and build one bundle; `.` is the root.
+#[test]
+fn path_spellings_build_the_same_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = skiff_tests::GitRepo::init(&tmp.path().join("repo"));
+    repo.copy_dir(&skiff_tests::examples_dir().join("apps"), "apps");
+    repo.commit_all("fleet");
+    let keys = tmp.path().join("keys");
+    skiff_tests::run_bin("skiff-hub", &["keygen", "--out", keys.to_str().unwrap()]).success();
+    let build = |path: &str| {
+        skiff_tests::run_bin(
+            "skiff-hub",
+            &[
+                "bundle",
+                "build",
+                "--repo",
+                repo.path().to_str().unwrap(),
+                "--rev",
+                "main",
+                "--path",
+                path,
+                "--channel",
+                "demo",
+                "--generation",
+                "1",
+                "--key",
+                keys.join("signing.pem").to_str().unwrap(),
+                "--out",
+                tmp.path().join("out").to_str().unwrap(),
+            ],
+        )
+    };
+    let digests: Vec<String> = ["apps", "./apps", "apps/", "./apps/"]
+        .iter()
+        .map(|p| build(p).success().stdout.trim().to_owned())
+        .collect();
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    let err = build("../apps");
+    assert_ne!(err.code, Some(0));
+    assert!(err.stderr.contains("leaves the repository"), "{}", err.stderr);
+}

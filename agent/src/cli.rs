@@ -216,7 +216,7 @@ async fn shutdown_signal() {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
-            crate::telemetry::init_logging(args.log_format == LogFormat::Json);
+            crate::telemetry::init_logging(args.log_format == LogFormat::Json).map_err(anyhow::Error::msg)?;
             let config = args.load()?;
             config.require_source(&args.config)?;
             runtime()?.block_on(async {
@@ -240,7 +240,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             bundle,
             envelope,
         } => {
-            crate::telemetry::init_logging(false);
+            crate::telemetry::init_logging(false).map_err(anyhow::Error::msg)?;
             let mut config = run.load()?;
             config.hub = None; // import works offline; reports wait in the outbox
             runtime()?.block_on(async {
@@ -260,7 +260,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             no_heal,
             output,
         } => {
-            crate::telemetry::init_logging(false);
+            crate::telemetry::init_logging(false).map_err(anyhow::Error::msg)?;
             let mut config = run.load()?;
             config.hub = None;
             let heal = if heal {

@@ -9,19 +9,27 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::agent::Agent;
 
 /// Starts logging to stderr.
-pub fn init_logging(json: bool) {
+pub fn init_logging(json: bool) -> Result<(), String> {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // An unset SKIFF_LOG means `info`; a set one that does not parse is an error, not
+    // silence.
+    let filter = match std::env::var("SKIFF_LOG") {
+        Ok(spec) => tracing_subscriber::EnvFilter::try_new(&spec).map_err(|e| {
+            format!("SKIFF_LOG={spec:?} is not a log filter ({e}); use a level (error, warn, info, debug, trace) or e.g. info,skiff_hub=debug")
+        })?,
+        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    // JSON: message and fields at the top level beside level and target.
     let _ = if json {
-        builder.json().try_init()
+        builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };
+    Ok(())
 }
 
 fn metrics(agent: &Agent) -> String {

@@ -150,7 +150,8 @@ pub fn build(request: &BuildRequest, key: &SigningKey) -> Result<Built, BuildErr
         Input::Git { repo, rev, path } => {
             let repo = Repo::new(repo);
             let commit = repo.resolve_commit(rev)?;
-            let path = path.trim_matches('/').to_owned();
+            let path = crate::config::normalize_repo_path(path)
+                .map_err(|reason| BuildError::Request(format!("path {reason}")))?;
             let origin = format!("{} at {commit} path {path:?}", repo.path().display());
             let entries = repo.list_tree(&commit, &path)?;
             let kustomize = match request.render {

@@ -116,6 +116,11 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// Whether nothing is selected at all.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.clusters.is_empty()
+    }
+
     /// Whether a cluster with this name and labels is targeted: named explicitly, or (when a
     /// label selector is given) carrying every selected label. No targets at all: none.
     pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
@@ -197,6 +202,18 @@ pub struct HubConfig {
     /// Who may read `/metrics` and what it shows.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// A cluster whose agent has not been heard from for this long is `offline` in status
+    /// and metrics (default 5m: agents hold a long-poll of at most 300 s, 60 s by default,
+    /// and ask again at once).
+    #[serde(
+        default = "default_offline_after",
+        deserialize_with = "skiff_proto::config::duration"
+    )]
+    pub offline_after: Duration,
+}
+
+fn default_offline_after() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// Budgets for what arrives from outside: connections, time, reports, downloads. The
@@ -260,6 +277,26 @@ pub struct MetricsConfig {
     /// Add per-cluster series (cluster names as labels: one series per cluster).
     #[serde(default)]
     pub per_cluster: bool,
+}
+
+/// A folder inside a repository in one spelling: `./apps`, `apps/` and `apps` are `apps`;
+/// `.`, `./` and `` are the root (``). Everything that names the same folder builds the
+/// same bundle. `..`, backslashes and control characters are refused.
+pub fn normalize_repo_path(path: &str) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("{path:?}: '..' leaves the repository")),
+            p if p.chars().any(|c| c == '\\' || c.is_control()) => {
+                return Err(format!(
+                    "{path:?}: backslashes and control characters cannot be in a path"
+                ));
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok(parts.join("/"))
 }
 
 /// Shortest admin token, metrics token or webhook secret accepted.
@@ -363,6 +400,13 @@ impl HubConfig {
                 },
                 reason: e.inner().to_string(),
             })?;
+        for (i, c) in config.channels.iter_mut().enumerate() {
+            c.path = normalize_repo_path(&c.path).map_err(|reason| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: format!("channels[{i}].path"),
+                reason,
+            })?;
+        }
         let o = overrides;
         if let Some(v) = o.listen {
             config.listen = v;
@@ -660,6 +704,29 @@ channels:
         ] {
             parse(&GOOD.replace("file:///srv/git/fleet.git", url)).unwrap();
         }
+    }
+
+    #[test]
+    fn channel_paths_have_one_spelling() {
+        for (given, want) in [
+            ("./apps", "apps"),
+            ("apps/", "apps"),
+            (".", ""),
+            ("./", ""),
+            ("", ""),
+            ("a/./b//c", "a/b/c"),
+        ] {
+            assert_eq!(normalize_repo_path(given).unwrap(), want, "{given}");
+            let config = parse(&GOOD.replace("path: apps", &format!("path: \"{given}\""))).unwrap();
+            assert_eq!(config.channels[0].path, want);
+        }
+        let err = parse(&GOOD.replace("path: apps", "path: ../other"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("channels[0].path") && err.contains("leaves the repository"),
+            "{err}"
+        );
     }
 
     #[test]

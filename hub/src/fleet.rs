@@ -56,8 +56,12 @@ pub struct ClusterStatus {
     pub labels: BTreeMap<String, String>,
     /// When registered.
     pub created: Timestamp,
-    /// Last request from its agent.
+    /// Last request from its agent (for an air-gapped site: the newest imported report).
     pub last_seen: Option<Timestamp>,
+    /// Not heard from for longer than the hub's `offline_after`: its rows show what it
+    /// last reported, not what it runs now.
+    #[serde(default)]
+    pub offline: bool,
     /// One entry per channel that targets it or that it reported on.
     pub channels: Vec<ClusterChannelStatus>,
 }
@@ -109,6 +113,9 @@ pub struct ChannelStatus {
     pub record: ChannelRecord,
     /// Clusters it targets.
     pub clusters: Vec<String>,
+    /// Its targets select nothing at all (no labels, no cluster names).
+    #[serde(default)]
+    pub targets_nothing: bool,
 }
 
 /// What the hub keeps in memory of a channel's latest report: enough to compare and
@@ -143,7 +150,7 @@ impl Latest {
 pub struct ClusterSummary {
     /// Name.
     pub name: String,
-    /// `unseen`, `synced`, `progressing` or `failed`.
+    /// `unseen`, `offline`, `synced`, `progressing` or `failed`.
     pub state: &'static str,
     /// Drifted objects in the latest reports.
     pub drifted: usize,
@@ -162,6 +169,15 @@ pub struct Taken {
     pub duplicates: usize,
     /// Reports refused: too large, or for a channel that does not target the cluster.
     pub refused: usize,
+}
+
+/// How reports reached the hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// From the cluster's agent, now.
+    Agent,
+    /// Imported by an admin (carried across an air gap).
+    Import,
 }
 
 /// Agent store instances whose sequences a cluster's bookkeeping remembers.
@@ -186,6 +202,7 @@ pub struct Fleet {
     channels: Vec<ChannelConfig>,
     changes: watch::Sender<u64>,
     history: HistoryLimit,
+    offline_after: std::time::Duration,
 }
 
 /// Hex SHA-256 of a token.
@@ -291,6 +308,21 @@ impl Fleet {
             channels,
             changes,
             history,
+            offline_after: std::time::Duration::from_secs(300),
+        })
+    }
+
+    /// Sets how long a cluster may be silent before it counts as offline.
+    pub fn with_offline_after(mut self, after: std::time::Duration) -> Self {
+        self.offline_after = after;
+        self
+    }
+
+    /// Whether a cluster last seen at `last_seen` is offline now (never seen: not offline,
+    /// but `unseen`).
+    pub fn is_offline(&self, last_seen: Option<Timestamp>) -> bool {
+        last_seen.is_some_and(|t| {
+            Timestamp::now().unix_seconds().saturating_sub(t.unix_seconds()) > self.offline_after.as_secs()
         })
     }
 
@@ -522,7 +554,7 @@ impl Fleet {
     /// refused when it is larger than [`limits::MAX_REPORT_BYTES`] or names a channel that
     /// does not target the cluster; a channel's latest report is replaced only by a newer
     /// one, so a re-import of old reports never reverts the status.
-    pub fn add_reports(&self, cluster: &str, reports: Vec<Report>) -> Result<Taken, FleetError> {
+    pub fn add_reports(&self, cluster: &str, reports: Vec<Report>, via: Via) -> Result<Taken, FleetError> {
         let mut state = self.state.write().expect("fleet lock");
         let record = state
             .clusters
@@ -532,6 +564,7 @@ impl Fleet {
         let mut meta = state.meta.get(cluster).cloned().unwrap_or_default();
         let mut latest = state.latest.get(cluster).cloned().unwrap_or_default();
         let mut taken = Taken::default();
+        let mut newest: Option<Timestamp> = None;
         let mut encoded = Vec::new();
         let mut changed_latest: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for report in reports {
@@ -558,6 +591,7 @@ impl Fleet {
                 latest.insert(report.channel.clone(), Latest::of(&report));
                 changed_latest.insert(report.channel.clone(), bytes.clone());
             }
+            newest = newest.max(Some(report.time));
             encoded.push(bytes);
             taken.stored += 1;
         }
@@ -568,8 +602,14 @@ impl Fleet {
                 .add_reports(cluster, meta, &encoded, &latest_rows, self.history)?;
             state.meta.insert(cluster.to_owned(), meta);
             state.latest.insert(cluster.to_owned(), latest);
+            // An agent that sends reports is here now; reports carried across an air gap
+            // say when the site was last heard of (never later than now, never backwards).
+            let seen = match via {
+                Via::Agent => Some(Timestamp::now()),
+                Via::Import => newest.map(|t| t.min(Timestamp::now())),
+            };
             if let Some(c) = state.clusters.get_mut(cluster) {
-                c.last_seen = Some(Timestamp::now());
+                c.last_seen = c.last_seen.max(seen);
             }
             state.seen_dirty.insert(cluster.to_owned());
         }
@@ -648,11 +688,13 @@ impl Fleet {
                     }
                 })
                 .collect();
+            let last_seen = state.clusters.get(&c.name).and_then(|r| r.last_seen);
             out.push(ClusterStatus {
                 name: c.name.clone(),
                 labels: c.labels.clone(),
                 created: c.created,
-                last_seen: state.clusters.get(&c.name).and_then(|r| r.last_seen),
+                last_seen,
+                offline: self.is_offline(last_seen),
                 channels,
             });
         }
@@ -684,6 +726,8 @@ impl Fleet {
                     });
                 let state = if c.last_seen.is_none() {
                     "unseen"
+                } else if self.is_offline(c.last_seen) {
+                    "offline"
                 } else if failed {
                     "failed"
                 } else if synced {
@@ -729,6 +773,7 @@ impl Fleet {
                     path: c.path.clone(),
                     record: state.channels.get(&c.name).cloned().unwrap_or_default(),
                     clusters,
+                    targets_nothing: c.targets.is_empty(),
                 }
             })
             .collect()

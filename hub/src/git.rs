@@ -162,6 +162,19 @@ impl Repo {
         }
     }
 
+    /// The repository's branches (at most `max`, sorted).
+    pub fn branches(&self, max: usize) -> Vec<String> {
+        self.run(&["for-each-ref", "--format=%(refname:short)", "refs/heads/"])
+            .map(|out| {
+                String::from_utf8_lossy(&out)
+                    .lines()
+                    .take(max)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether `refs/heads/<name>` exists.
     pub fn is_branch(&self, name: &str) -> bool {
         self.run(&["show-ref", "--verify", "--quiet", &format!("refs/heads/{name}")])

@@ -27,14 +27,17 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
     let tls = config.tls.as_ref().map(api::tls_config).transpose()?;
 
     let store = Store::open(&config.data_dir)?;
-    let fleet = Arc::new(Fleet::load(
-        store,
-        config.channels.clone(),
-        crate::store::HistoryLimit {
-            count: config.report_history,
-            bytes: config.limits.report_history_bytes,
-        },
-    )?);
+    let fleet = Arc::new(
+        Fleet::load(
+            store,
+            config.channels.clone(),
+            crate::store::HistoryLimit {
+                count: config.report_history,
+                bytes: config.limits.report_history_bytes,
+            },
+        )?
+        .with_offline_after(config.offline_after),
+    );
     let metrics = Arc::new(Metrics::default());
     let sources = Arc::new(Sources::new(
         config.clone(),
@@ -76,6 +79,9 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
         downloads: Default::default(),
         deliveries: Default::default(),
     });
+    for c in config.channels.iter().filter(|c| c.targets.is_empty()) {
+        warn!(channel = %c.name, "Channel has no targets (no labels, no clusters): it goes to no cluster");
+    }
     sources.spawn();
 
     let flusher = fleet.clone();

@@ -244,13 +244,22 @@ impl Sources {
         let mut record = self.fleet.channel(&channel.name).unwrap_or_default();
         let commit = match repo.resolve_commit(&format!("refs/heads/{}", channel.branch)) {
             Ok(c) => c,
-            Err(e) => {
-                self.fail(
-                    channel,
-                    record,
-                    String::new(),
-                    format!("branch {:?}: {e}", channel.branch),
-                );
+            Err(_) => {
+                let branches = repo.branches(20);
+                let message = if branches.is_empty() {
+                    format!(
+                        "branch {:?} does not exist: the repository has no branches",
+                        channel.branch
+                    )
+                } else {
+                    format!(
+                        "branch {:?} does not exist in repository {:?}; its branches: {}",
+                        channel.branch,
+                        channel.repo,
+                        branches.join(", ")
+                    )
+                };
+                self.fail(channel, record, String::new(), message);
                 return;
             }
         };

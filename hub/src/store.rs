@@ -158,7 +158,12 @@ impl Store {
         let path = data_dir.join("hub.redb");
         let db = Database::create(&path).map_err(|e| StoreError::Db {
             path: path.clone(),
-            message: e.to_string(),
+            message: match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    "already open by another process: is another hub running with this data_dir?".to_owned()
+                }
+                other => other.to_string(),
+            },
         })?;
         let store = Self { db, path, blobs };
         store.write(|txn| {

@@ -10,19 +10,27 @@ use skiff_proto::statement::Timestamp;
 use crate::fleet::Fleet;
 
 /// Starts logging to stderr. `SKIFF_LOG` filters (default `info`); `json` switches format.
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+pub fn init_logging(json: bool) -> Result<(), String> {
     use std::io::IsTerminal as _;
+    // An unset SKIFF_LOG means `info`; a set one that does not parse is an error, not
+    // silence.
+    let filter = match std::env::var("SKIFF_LOG") {
+        Ok(spec) => tracing_subscriber::EnvFilter::try_new(&spec).map_err(|e| {
+            format!("SKIFF_LOG={spec:?} is not a log filter ({e}); use a level (error, warn, info, debug, trace) or e.g. info,skiff_hub=debug")
+        })?,
+        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    // JSON: message and fields at the top level beside level and target.
     let _ = if json {
-        builder.json().try_init()
+        builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };
+    Ok(())
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -221,7 +229,7 @@ impl Metrics {
         }
 
         let clusters = fleet.summaries();
-        let mut by_state: BTreeMap<&str, u64> = ["unseen", "synced", "progressing", "failed"]
+        let mut by_state: BTreeMap<&str, u64> = ["unseen", "offline", "synced", "progressing", "failed"]
             .iter()
             .map(|s| (*s, 0))
             .collect();
@@ -306,7 +314,7 @@ impl Metrics {
             &mut out,
             "skiff_hub_clusters",
             "gauge",
-            "Registered clusters by state (unseen, synced, progressing, failed).",
+            "Registered clusters by state (unseen, offline, synced, progressing, failed).",
         );
         for (state, n) in by_state {
             let _ = writeln!(out, "skiff_hub_clusters{{state=\"{state}\"}} {n}");

@@ -185,7 +185,7 @@ pub async fn import_reports(
     body: Bytes,
 ) -> Response {
     admin!(state, headers);
-    store_reports(&state, &cluster, &body).await
+    store_reports(&state, &cluster, &body, crate::fleet::Via::Import).await
 }
 
 /// `GET /v1/admin/clusters/{cluster}/desired`: what the cluster's agent would be given.

@@ -374,10 +374,15 @@ pub async fn reports(
     if let Err(r) = require_cluster(&state, &headers, &cluster) {
         return r.into_response();
     }
-    store_reports(&state, &cluster, &body).await
+    store_reports(&state, &cluster, &body, crate::fleet::Via::Agent).await
 }
 
-pub(crate) async fn store_reports(state: &Arc<AppState>, cluster: &str, body: &[u8]) -> Response {
+pub(crate) async fn store_reports(
+    state: &Arc<AppState>,
+    cluster: &str,
+    body: &[u8],
+    via: crate::fleet::Via,
+) -> Response {
     if body.len() > limits::MAX_REPORTS_BODY {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -400,7 +405,7 @@ pub(crate) async fn store_reports(state: &Arc<AppState>, cluster: &str, body: &[
     }
     let fleet = state.fleet.clone();
     let name = cluster.to_owned();
-    match tokio::task::spawn_blocking(move || fleet.add_reports(&name, reports)).await {
+    match tokio::task::spawn_blocking(move || fleet.add_reports(&name, reports, via)).await {
         Ok(Ok(taken)) => {
             if taken.refused > 0 {
                 tracing::warn!(cluster = %cluster, refused = taken.refused, "Reports refused (too large, or for a channel that does not target the cluster)");

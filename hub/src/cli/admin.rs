@@ -195,6 +195,7 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
             "PATH",
             "GENERATION",
             "COMMIT",
+            "CLUSTERS",
             "LAST ERROR",
         ]
         .map(str::to_owned)
@@ -215,6 +216,11 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
             r.commit
                 .as_deref()
                 .map_or("-".to_owned(), |c| c.chars().take(12).collect()),
+            if c.targets_nothing {
+                "none (no targets)".to_owned()
+            } else {
+                c.clusters.len().to_string()
+            },
             r.last_error.as_ref().map_or("-".to_owned(), |e| {
                 let message: String = e.message.split_whitespace().collect::<Vec<_>>().join(" ");
                 let short: String = message.chars().take(160).collect();
@@ -258,7 +264,12 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
                 ],
             }
         };
-        let mut row = vec![c.name.clone(), labels_text(&c.labels), ago(c.last_seen)];
+        let seen = if c.offline {
+            format!("OFFLINE {}", ago(c.last_seen))
+        } else {
+            ago(c.last_seen)
+        };
+        let mut row = vec![c.name.clone(), labels_text(&c.labels), seen];
         row.extend(first(c.channels.first()));
         rows.push(row);
         for ch in c.channels.iter().skip(1) {

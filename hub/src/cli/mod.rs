@@ -336,7 +336,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve(args) => {
-            crate::telemetry::init_logging(args.log_format == LogFormat::Json);
+            crate::telemetry::init_logging(args.log_format == LogFormat::Json).map_err(anyhow::Error::msg)?;
             let overrides = Overrides {
                 listen: args.listen,
                 data_dir: args.data_dir,

@@ -1,0 +1,222 @@
+//! What `skiff-hub status` tells an operator, checked against a real hub.
+
+use std::time::Duration;
+
+use skiff_tests::GitRepo;
+use skiff_tests::cluster::{eventually, install_crypto};
+use skiff_tests::hub::HubProcess;
+
+fn example_repo(dir: &std::path::Path) -> GitRepo {
+    let repo = GitRepo::init(dir);
+    repo.copy_dir(&skiff_tests::examples_dir().join("apps"), "apps");
+    repo.commit_all("example fleet");
+    repo
+}
+
+fn status_json(hub: &HubProcess) -> serde_json::Value {
+    serde_json::from_str(&hub.admin(&["status", "--output", "json"]).success().stdout).unwrap()
+}
+
+/// A cluster not heard from for `offline_after` is offline in text, JSON and metrics; an
+/// air-gap import dates last-seen by the reports' own times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clusters_are_offline_and_imports_date_last_seen_by_their_reports() {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = example_repo(&dir.path().join("fleet"));
+    let hub = HubProcess::start(
+        &dir.path().join("hub"),
+        &format!(
+            "offline_after: 2s\nrepos:\n  - {{name: fleet, url: \"file://{}\", poll: 1h}}\nchannels:\n  - {{name: demo, repo: fleet, branch: main, path: apps, targets: {{clusters: [edge-1, ship-1]}}}}\n",
+            repo.path().display()
+        ),
+    );
+    let token = hub.add_cluster("edge-1", &[]);
+    hub.add_cluster("ship-1", &[]);
+    let http = reqwest::Client::new();
+    let poll = || {
+        http.get(format!("{}/v1/clusters/edge-1/desired", hub.url()))
+            .bearer_auth(&token)
+            .send()
+    };
+    poll().await.unwrap();
+    let edge = |s: &serde_json::Value| {
+        s["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "edge-1")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(edge(&status_json(&hub))["offline"], false);
+    let went_offline = eventually(Duration::from_secs(10), || async {
+        edge(&status_json(&hub))["offline"] == true
+    })
+    .await;
+    assert!(went_offline, "{}", status_json(&hub));
+    let text = hub.admin(&["status"]).success().stdout;
+    let line = text.lines().find(|l| l.starts_with("edge-1")).unwrap();
+    assert!(line.contains("OFFLINE"), "{text}");
+    let metrics = http
+        .get(format!("{}/metrics", hub.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("skiff_hub_clusters{state=\"offline\"} 1"),
+        "{metrics}"
+    );
+    // It polls again: online.
+    poll().await.unwrap();
+    assert_eq!(edge(&status_json(&hub))["offline"], false);
+
+    // Reports from an air-gapped ship, made an hour ago, imported now.
+    let an_hour_ago = skiff_proto::statement::Timestamp::from_unix_seconds(
+        skiff_proto::statement::Timestamp::now().unix_seconds() - 3600,
+    );
+    let file = dir.path().join("reports.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({"cluster": "ship-1", "reports": [{"instance": "i", "seq": 1, "time": an_hour_ago,
+            "agentVersion": "t", "channel": "demo", "outcome": "applied", "generation": 1}]})
+        .to_string(),
+    )
+    .unwrap();
+    hub.admin(&["report", "import", file.to_str().unwrap()]).success();
+    let ship = status_json(&hub)["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ship-1")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        ship["lastSeen"],
+        serde_json::to_value(an_hour_ago).unwrap(),
+        "{ship}"
+    );
+    assert_eq!(ship["offline"], true);
+}
+
+/// `skiff-hub status | head` ends quietly; an invalid `SKIFF_LOG` is an error on both
+/// binaries, not silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_is_not_a_crash_and_a_bad_log_filter_is_an_error() {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = example_repo(&dir.path().join("fleet"));
+    let hub = HubProcess::start(
+        &dir.path().join("hub"),
+        &format!(
+            "repos:\n  - {{name: fleet, url: \"file://{}\", poll: 1h}}\nchannels: []\n",
+            repo.path().display()
+        ),
+    );
+    // Enough clusters that the table is larger than a pipe's buffer.
+    let http = reqwest::Client::new();
+    let adds = (0..1500).map(|i| {
+        http.post(format!("{}/v1/admin/clusters", hub.url()))
+            .bearer_auth(&hub.admin_token)
+            .json(&serde_json::json!({"name": format!("shop-{i:04}"), "labels": {"region": "north-east-and-beyond"}}))
+            .send()
+    });
+    for chunk in adds.collect::<Vec<_>>().chunks_mut(100) {
+        for r in futures_util::future::join_all(chunk.iter_mut()).await {
+            assert_eq!(r.unwrap().status(), 201);
+        }
+    }
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' status | head -1",
+            skiff_tests::bin("skiff-hub").display()
+        ))
+        .env("SKIFF_HUB_URL", hub.url())
+        .env("SKIFF_ADMIN_TOKEN", &hub.admin_token)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("CHANNEL"));
+
+    for (bin, args) in [
+        ("skiff-hub", ["serve", "--config"]),
+        ("skiff-agent", ["run", "--config"]),
+    ] {
+        let out = std::process::Command::new(skiff_tests::bin(bin))
+            .args(args)
+            .arg(dir.path().join("none.yaml"))
+            .env("SKIFF_LOG", "info,[")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bin}");
+        assert!(
+            stderr.contains("SKIFF_LOG=\"info,[\" is not a log filter"),
+            "{bin}: {stderr}"
+        );
+    }
+}
+
+/// A mistyped branch names the branches that exist; a channel without targets is said so
+/// at start and in status; a second hub on the same data_dir says why it cannot start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_mistakes_are_named_with_what_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = example_repo(&dir.path().join("fleet"));
+    repo.git(&["branch", "staging"]);
+    let hub = HubProcess::start(
+        &dir.path().join("hub"),
+        &format!(
+            "repos:\n  - {{name: fleet, url: \"file://{}\", poll: 1h}}\nchannels:\n  - {{name: typo, repo: fleet, branch: mian, path: apps, targets: {{clusters: [a]}}}}\n  - {{name: nowhere, repo: fleet, branch: main, path: apps}}\n",
+            repo.path().display()
+        ),
+    );
+    let failed = eventually(Duration::from_secs(20), || async {
+        status_json(&hub)["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "typo" && !c["lastError"].is_null())
+    })
+    .await;
+    assert!(failed, "{}", hub.log());
+    let status = status_json(&hub);
+    let typo = status["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "typo")
+        .unwrap();
+    let message = typo["lastError"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"mian\" does not exist") && message.contains("main, staging"),
+        "{message}"
+    );
+    assert!(hub.log().contains("Channel has no targets"), "{}", hub.log());
+    let text = hub.admin(&["status"]).success().stdout;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("nowhere") && l.contains("none (no targets)")),
+        "{text}"
+    );
+
+    let second = std::process::Command::new(skiff_tests::bin("skiff-hub"))
+        .args(["serve", "--config"])
+        .arg(hub.dir.join("hub.yaml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        stderr.contains("is another hub running with this data_dir?"),
+        "{stderr}"
+    );
+}
