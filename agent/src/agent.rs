@@ -849,11 +849,18 @@ impl Agent {
                 Err(error) => {
                     failures += 1;
                     let wait = backoff(failures, self.config.max_backoff);
-                    match &error {
-                        SourceError::Refused(_) => {
-                            warn!(%error, retry_in = ?wait, "Hub refused the agent; check cluster name and token")
+                    let has_state = self
+                        .store
+                        .channels()
+                        .is_ok_and(|c| c.values().any(|s| s.accepted.is_some()));
+                    match (&error, has_state) {
+                        (SourceError::Refused(_), _) => {
+                            warn!(%error, retry_in = ?wait, "Hub refused the agent")
                         }
-                        _ => info!(%error, retry_in = ?wait, "Hub unreachable; keeping the last good state"),
+                        (_, true) => {
+                            warn!(%error, retry_in = ?wait, "Hub unreachable; keeping the last good state")
+                        }
+                        (_, false) => warn!(%error, retry_in = ?wait, "Hub unreachable; nothing applied yet"),
                     }
                     tokio::time::sleep(wait).await;
                 }

@@ -212,6 +212,23 @@ async fn shutdown_signal() {
     tracing::info!("Stopping");
 }
 
+/// BUNDLE comes before ENVELOPE: say so when they are given the other way round.
+fn check_argument_order(bundle: &std::path::Path, envelope: &std::path::Path) -> anyhow::Result<()> {
+    let name = |p: &std::path::Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    if name(bundle).ends_with(".dsse.json") && name(envelope).ends_with(".tar.gz") {
+        anyhow::bail!(
+            "the bundle (.tar.gz) comes first, then its envelope (.dsse.json): {} {}",
+            envelope.display(),
+            bundle.display()
+        );
+    }
+    Ok(())
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -219,6 +236,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::telemetry::init_logging(args.log_format == LogFormat::Json).map_err(anyhow::Error::msg)?;
             let config = args.load()?;
             config.require_source(&args.config)?;
+            config.token()?; // a missing or empty token file is a config error, said now
             runtime()?.block_on(async {
                 let listen = config.listen;
                 tracing::info!(cluster = %config.cluster, hub = config.hub.as_deref().unwrap_or("-"), target = ?config.target, "Agent starting");
@@ -240,6 +258,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             bundle,
             envelope,
         } => {
+            check_argument_order(&bundle, &envelope)?;
             crate::telemetry::init_logging(false).map_err(anyhow::Error::msg)?;
             let mut config = run.load()?;
             config.hub = None; // import works offline; reports wait in the outbox
@@ -323,6 +342,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             bundle,
             envelope,
         }) => {
+            check_argument_order(&bundle, &envelope)?;
             let trust = load_trust(&keys, threshold)?;
             let policy = Policy {
                 channel,

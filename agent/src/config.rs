@@ -299,11 +299,22 @@ impl AgentConfig {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
-        let t = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let t = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
             path: path.clone(),
-            source,
+            key: "token_file".into(),
+            reason: format!(
+                "cannot read the cluster's token: {e} (the token is printed once by `skiff-hub cluster add NAME` or `cluster bootstrap`; `skiff-hub cluster rotate-token NAME` makes a new one)"
+            ),
         })?;
-        Ok(Some(t.trim().to_owned()))
+        let t = t.trim().to_owned();
+        if t.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.clone(),
+                key: "token_file".into(),
+                reason: "the file is empty; it should hold the cluster's token (skc_…)".into(),
+            });
+        }
+        Ok(Some(t))
     }
 }
 

@@ -36,6 +36,29 @@ pub struct HubClient {
     token: Option<String>,
 }
 
+/// A transport error with its causes, each said once: "connection refused", a DNS failure,
+/// a TLS handshake alert (with a hint when the hub may be plain HTTP).
+fn transport(what: &str, e: &reqwest::Error) -> SourceError {
+    let mut message = format!("{what}: {}", skiff_proto::error_chain(e));
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("invalidcontenttype")
+        || lower.contains("corrupt message")
+        || lower.contains("wrong version number")
+    {
+        message.push_str(" (is the hub plain HTTP? use an http:// URL, or give the hub tls: in its config)");
+    } else if lower.contains("caused as end entity")
+        || lower.contains("causedasendentity")
+        || lower.contains("ca used as end entity")
+    {
+        message.push_str(" (the hub presents its CA certificate as its own: give it a leaf certificate signed by that CA; see deploy/README.md)");
+    } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+        message.push_str(
+            " (the hub's certificate is not signed by a CA the agent trusts: set ca_file to the CA's PEM)",
+        );
+    }
+    SourceError::Unavailable(message)
+}
+
 /// Reads at most `cap` bytes of a body; `Err` with what was wrong when it is longer (the
 /// rest is never read). The hub and mirrors are answered within budgets, not trusted.
 async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
@@ -72,6 +95,14 @@ fn status_error(what: &str, status: StatusCode, body: &str) -> SourceError {
     let message = format!("{what}: {status}: {}", body.chars().take(300).collect::<String>());
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         SourceError::Unavailable(message)
+    } else if status == StatusCode::NOT_FOUND {
+        SourceError::Refused(format!(
+            "{message} (no such route: is `hub` the hub's URL, without a path, and is the cluster name right?)"
+        ))
+    } else if status == StatusCode::UNAUTHORIZED {
+        SourceError::Refused(format!(
+            "{message} (the hub does not know this token: check token_file, or rotate the cluster's token)"
+        ))
     } else {
         SourceError::Refused(message)
     }
@@ -138,10 +169,7 @@ impl HubClient {
             req = req.header(reqwest::header::IF_NONE_MATCH, e);
         }
         let what = format!("GET {}", url.split('?').next().unwrap_or(&url));
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
+        let resp = req.send().await.map_err(|e| transport(&what, &e))?;
         match resp.status() {
             StatusCode::NOT_MODIFIED => Ok(None),
             StatusCode::OK => {
@@ -212,10 +240,7 @@ impl HubClient {
             req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
         let what = format!("GET {url}");
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
+        let mut resp = req.send().await.map_err(|e| transport(&what, &e))?;
         let append = match resp.status() {
             StatusCode::PARTIAL_CONTENT => true,
             StatusCode::OK => false,
@@ -279,7 +304,7 @@ impl HubClient {
             .auth(self.http.post(&url).json(reports))
             .send()
             .await
-            .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
+            .map_err(|e| transport(&what, &e))?;
         if !resp.status().is_success() {
             let s = resp.status();
             return Err(status_error(&what, s, &error_body(resp).await));

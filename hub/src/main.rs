@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     match skiff_hub::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", skiff_proto::error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }

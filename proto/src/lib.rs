@@ -20,3 +20,47 @@ pub mod statement;
 pub mod verify;
 
 pub use digest::Sha256Digest;
+
+/// An error and its causes in one line, each said once: a cause whose text the message so
+/// far already holds is left out (many errors repeat their source in their own message).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("listening on 127.0.0.1:80: {source}")]
+    struct Bind {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn causes_are_said_once() {
+        let e = Bind {
+            source: std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "Address already in use (os error 98)",
+            ),
+        };
+        assert_eq!(
+            super::error_chain(&e),
+            "listening on 127.0.0.1:80: Address already in use (os error 98)"
+        );
+        let wrapped = anyhow::Error::new(e).context("starting the hub");
+        assert_eq!(
+            super::error_chain(wrapped.as_ref()),
+            "starting the hub: listening on 127.0.0.1:80: Address already in use (os error 98)"
+        );
+    }
+}

@@ -63,11 +63,30 @@ pub fn caller_of_token(state: &AppState, token: Option<&str>) -> Result<Caller, 
     if constant_time_eq(&token_hash(token), &state.admin_token_hash) {
         return Ok(Caller::Admin);
     }
-    state
-        .fleet
-        .cluster_of_token(token)
-        .map(Caller::Cluster)
-        .ok_or(Denied::Unauthorized)
+    let caller = state.fleet.cluster_of_token(token).map(Caller::Cluster);
+    if caller.is_none() {
+        note_unknown_token();
+    }
+    caller.ok_or(Denied::Unauthorized)
+}
+
+/// Logs requests with a token nobody has, at most once per 10 s with the count since: an
+/// agent with a stale token shows up in the hub's log without a flood from a scanner.
+fn note_unknown_token() {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static SEEN: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+    let mut seen = SEEN.lock().expect("auth log");
+    let (since, count) = seen.get_or_insert((Instant::now() - Duration::from_secs(10), 0));
+    *count += 1;
+    if since.elapsed() >= Duration::from_secs(10) {
+        tracing::warn!(
+            refused = *count,
+            "Requests with an unknown bearer token refused (stale agent token? rotated?)"
+        );
+        *since = Instant::now();
+        *count = 0;
+    }
 }
 
 /// Requires the token of `cluster`: 401 without a valid token, 403 with another cluster's

@@ -265,7 +265,10 @@ async fn read_head<IO: AsyncRead + Unpin>(
         // An empty line ends a head for httparse (and hyper): LF LF or LF CR LF. Finding one
         // is enough here; `classify` parses once and checks the head ends exactly there.
         let ends = buf.windows(2).any(|w| w == b"\n\n") || buf.windows(3).any(|w| w == b"\n\r\n");
-        if ends || buf.len() >= MAX_HEAD {
+        // Not a request line at all (a TLS handshake sent to plain HTTP, say): let hyper
+        // answer 400 now rather than wait out the head deadline.
+        let not_http = !buf[0].is_ascii_uppercase();
+        if ends || not_http || buf.len() >= MAX_HEAD {
             return Ok(Some(buf));
         }
     }
