@@ -245,4 +245,10 @@ fn hub_to_agent_with_outage_restart_and_reports_delivered_once_in_order() {
         "{metrics}"
     );
     assert!(metrics.contains("skiff_agent_outbox_reports 0"), "{metrics}");
+    skiff_tests::assert_exposition_is_grouped(&metrics);
+    assert!(
+        metrics.contains("skiff_agent_last_hub_contact_timestamp_seconds "),
+        "{metrics}"
+    );
+    assert!(metrics.contains("skiff_agent_drift_detected_total "), "{metrics}");
 }

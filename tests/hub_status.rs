@@ -220,3 +220,94 @@ async fn config_mistakes_are_named_with_what_exists() {
         "{stderr}"
     );
 }
+
+/// The last good generation stays visible next to a failed newer one, with the failure's
+/// message in the table and the whole story in `status CLUSTER`; a repository that cannot
+/// be fetched shows why; metrics are grouped by family.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_a_cluster_or_channel_failed_is_in_the_text_status() {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = example_repo(&dir.path().join("fleet"));
+    let hub = HubProcess::start(
+        &dir.path().join("hub"),
+        &format!(
+            "repos:\n  - {{name: fleet, url: \"file://{}\", poll: 1h}}\n  - {{name: gone, url: \"file://{}\", poll: 1h}}\nchannels:\n  - {{name: demo, repo: fleet, branch: main, path: apps, targets: {{clusters: [edge-1]}}}}\n  - {{name: lost, repo: gone, branch: main, path: apps, targets: {{clusters: [edge-1]}}}}\n",
+            repo.path().display(),
+            dir.path().join("no-such-repo").display()
+        ),
+    );
+    let token = hub.add_cluster("edge-1", &[]);
+    let http = reqwest::Client::new();
+    let report = |seq: u64, outcome: &str, generation: u64, message: &str| {
+        serde_json::json!({"instance": "i", "seq": seq, "time": skiff_proto::statement::Timestamp::now(),
+            "agentVersion": "t", "channel": "demo", "outcome": outcome, "generation": generation, "message": message})
+    };
+    let body = serde_json::json!([
+        report(1, "applied", 1, "6 objects applied"),
+        report(
+            2,
+            "failed",
+            2,
+            "1 of 6 objects failed: apps/v1/Deployment demo/web spec.replicas: Invalid value"
+        )
+    ]);
+    let r = http
+        .post(format!("{}/v1/clusters/edge-1/reports", hub.url()))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let status = status_json(&hub);
+    let demo = status["clusters"][0]["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "demo")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (demo["result"].as_str(), demo["appliedGeneration"].as_u64()),
+        (Some("failed"), Some(1)),
+        "{demo}"
+    );
+    let text = hub.admin(&["status"]).success().stdout;
+    assert!(
+        text.contains("MESSAGE") && text.contains("spec.replicas: Invalid value"),
+        "{text}"
+    );
+    let detail = hub.admin(&["status", "edge-1"]).success().stdout;
+    assert!(
+        detail.contains("applied generation: 1") && detail.contains("Invalid value"),
+        "{detail}"
+    );
+    let fetch_failed = eventually(Duration::from_secs(20), || async {
+        hub.admin(&["status"]).success().stdout.contains("fetch: ")
+    })
+    .await;
+    assert!(fetch_failed, "{}", hub.admin(&["status"]).stdout);
+    let lost = status_json(&hub)["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "lost")
+        .unwrap()
+        .clone();
+    assert!(
+        lost["fetchError"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-such-repo")),
+        "{lost}"
+    );
+    let metrics = http
+        .get(format!("{}/metrics", hub.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    skiff_tests::assert_exposition_is_grouped(&metrics);
+}

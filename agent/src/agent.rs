@@ -42,6 +42,14 @@ pub struct Metrics {
     pub rejected: AtomicU64,
     /// Reports delivered.
     pub reports_sent: AtomicU64,
+    /// Drifted objects found.
+    pub drift_detected: AtomicU64,
+    /// Drifted objects re-applied.
+    pub drift_corrected: AtomicU64,
+    /// Unix seconds of the last answer from the hub (0: none yet).
+    pub last_hub_contact: AtomicU64,
+    /// Unix seconds of the last successful apply (0: none yet).
+    pub last_apply: AtomicU64,
 }
 
 /// Which channel a bundle offered to the agent may be for.
@@ -449,6 +457,9 @@ impl Agent {
         let elapsed = started.elapsed();
         if ok {
             self.metrics.applies_ok.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .last_apply
+                .store(Timestamp::now().unix_seconds(), Ordering::Relaxed);
             self.retries.lock().expect("retries").remove(channel);
             info!(
                 channel,
@@ -573,6 +584,13 @@ impl Agent {
             .await;
         let health = crate::drift::roll_up(&checked.health);
         let health_changed = state.health.as_ref().map(|h| &h.state) != Some(&health.state);
+        let corrected = checked.drift.iter().filter(|d| d.corrected).count() as u64;
+        self.metrics
+            .drift_detected
+            .fetch_add(checked.drift.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .drift_corrected
+            .fetch_add(corrected, Ordering::Relaxed);
         for d in &checked.drift {
             let paths: Vec<&str> = d.paths.iter().map(|p| p.path.as_str()).collect();
             warn!(channel, object = %d.object, drift = %d.kind, corrected = d.corrected, ?paths, "Drift");
@@ -749,7 +767,13 @@ impl Agent {
             } else {
                 Duration::ZERO
             };
-            match hub.desired(etag.as_deref(), wait).await {
+            let answer = hub.desired(etag.as_deref(), wait).await;
+            if answer.is_ok() {
+                self.metrics
+                    .last_hub_contact
+                    .store(Timestamp::now().unix_seconds(), Ordering::Relaxed);
+            }
+            match answer {
                 Ok(None) => {
                     failures = 0;
                     if self.config.long_poll_wait.is_zero() {

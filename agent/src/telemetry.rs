@@ -32,62 +32,110 @@ pub fn init_logging(json: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// One metric family: HELP and TYPE, then its samples (`labels` → value).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for (labels, value) in samples {
+        out.push_str(&format!("{name}{labels} {value}\n"));
+    }
+}
+
 fn metrics(agent: &Agent) -> String {
     let m = &agent.metrics;
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
+    let one = |v: String| vec![(String::new(), v)];
     let mut out = String::new();
-    let mut line = |name: &str, kind: &str, help: &str, value: String| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{value}\n"
-        ));
-    };
-    line(
+    family(
+        &mut out,
         "skiff_agent_applies_total",
         "counter",
         "Apply attempts by result.",
-        format!("{{result=\"ok\"}} {}", m.applies_ok.load(Ordering::Relaxed)),
+        &[
+            ("{result=\"ok\"}".to_owned(), n(&m.applies_ok)),
+            ("{result=\"failed\"}".to_owned(), n(&m.applies_failed)),
+        ],
     );
-    out.push_str(&format!(
-        "skiff_agent_applies_total{{result=\"failed\"}} {}\n",
-        m.applies_failed.load(Ordering::Relaxed)
-    ));
-    let mut line = |name: &str, kind: &str, help: &str, value: String| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{value}\n"
-        ));
-    };
-    line(
+    family(
+        &mut out,
         "skiff_agent_bundles_rejected_total",
         "counter",
         "Bundles that failed verification.",
-        format!(" {}", m.rejected.load(Ordering::Relaxed)),
+        &one(n(&m.rejected)),
     );
-    line(
+    family(
+        &mut out,
         "skiff_agent_reports_sent_total",
         "counter",
         "Reports delivered to the hub.",
-        format!(" {}", m.reports_sent.load(Ordering::Relaxed)),
+        &one(n(&m.reports_sent)),
     );
-    line(
+    family(
+        &mut out,
+        "skiff_agent_drift_detected_total",
+        "counter",
+        "Drifted objects found by drift checks.",
+        &one(n(&m.drift_detected)),
+    );
+    family(
+        &mut out,
+        "skiff_agent_drift_corrected_total",
+        "counter",
+        "Drifted objects re-applied by self-heal.",
+        &one(n(&m.drift_corrected)),
+    );
+    let stamp = |c: &std::sync::atomic::AtomicU64| match c.load(Ordering::Relaxed) {
+        0 => Vec::new(),
+        t => one(t.to_string()),
+    };
+    family(
+        &mut out,
+        "skiff_agent_last_hub_contact_timestamp_seconds",
+        "gauge",
+        "Unix time of the last answer from the hub.",
+        &stamp(&m.last_hub_contact),
+    );
+    family(
+        &mut out,
+        "skiff_agent_last_apply_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful apply.",
+        &stamp(&m.last_apply),
+    );
+    family(
+        &mut out,
         "skiff_agent_outbox_reports",
         "gauge",
         "Reports waiting for the hub.",
-        format!(" {}", agent.store().outbox_len().unwrap_or(0)),
+        &one(agent.store().outbox_len().unwrap_or(0).to_string()),
     );
-    line(
+    family(
+        &mut out,
         "skiff_agent_outbox_dropped_total",
         "counter",
         "Reports dropped because the outbox was full.",
-        format!(" {}", agent.store().dropped().unwrap_or(0)),
+        &one(agent.store().dropped().unwrap_or(0).to_string()),
     );
-    out.push_str("# HELP skiff_agent_channel_generation Generation applied per channel (0: none).\n# TYPE skiff_agent_channel_generation gauge\n");
-    out.push_str("# HELP skiff_agent_channel_ok 1 when the channel's last apply succeeded.\n# TYPE skiff_agent_channel_ok gauge\n");
-    for (name, state) in agent.store().channels().unwrap_or_default() {
-        let (generation, ok) = state.applied.map_or((0, 0), |a| (a.generation, u8::from(a.ok)));
-        out.push_str(&format!(
-            "skiff_agent_channel_generation{{channel=\"{name}\"}} {generation}\n"
-        ));
-        out.push_str(&format!("skiff_agent_channel_ok{{channel=\"{name}\"}} {ok}\n"));
-    }
+    let channels = agent.store().channels().unwrap_or_default();
+    let per_channel = |f: &dyn Fn(&crate::store::ChannelState) -> u64| -> Vec<(String, String)> {
+        channels
+            .iter()
+            .map(|(name, state)| (format!("{{channel=\"{name}\"}}"), f(state).to_string()))
+            .collect()
+    };
+    family(
+        &mut out,
+        "skiff_agent_channel_generation",
+        "gauge",
+        "Generation applied per channel (0: none).",
+        &per_channel(&|s| s.applied.as_ref().map_or(0, |a| a.generation)),
+    );
+    family(
+        &mut out,
+        "skiff_agent_channel_ok",
+        "gauge",
+        "1 when the channel's last apply succeeded.",
+        &per_channel(&|s| s.applied.as_ref().map_or(0, |a| u64::from(a.ok))),
+    );
     out
 }
 

@@ -76,7 +76,7 @@ pub struct ClusterChannelStatus {
     pub targeted: bool,
     /// Generation the hub offers.
     pub desired_generation: Option<u64>,
-    /// Generation the agent last applied successfully.
+    /// Generation the agent last applied successfully (kept when a newer one fails).
     pub applied_generation: Option<u64>,
     /// Outcome of the agent's latest report.
     pub result: Option<String>,
@@ -116,6 +116,10 @@ pub struct ChannelStatus {
     /// Its targets select nothing at all (no labels, no cluster names).
     #[serde(default)]
     pub targets_nothing: bool,
+    /// Why the last fetch of its repository failed (the hub serves the last good bundles
+    /// meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_error: Option<String>,
 }
 
 /// What the hub keeps in memory of a channel's latest report: enough to compare and
@@ -583,6 +587,14 @@ impl Fleet {
             }
             meta.instances.insert(0, (report.instance.clone(), report.seq));
             meta.instances.truncate(INSTANCES_KEPT);
+            if matches!(
+                report.outcome,
+                skiff_proto::api::Outcome::Applied | skiff_proto::api::Outcome::Checked
+            ) && let Some(g) = report.generation
+            {
+                let last = meta.applied.entry(report.channel.clone()).or_insert(g);
+                *last = (*last).max(g);
+            }
             let newer = latest.get(&report.channel).is_none_or(|l| {
                 (report.time, report.seq) >= (l.time, l.seq)
                     || report.instance == l.instance && report.seq > l.seq
@@ -621,6 +633,7 @@ impl Fleet {
     pub fn cluster_statuses(
         &self,
         after: Option<&str>,
+        only: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ClusterStatus>, FleetError> {
         let page: Vec<(ClusterRecord, Vec<String>)> = {
@@ -628,7 +641,7 @@ impl Fleet {
             let mut names: Vec<&String> = state
                 .clusters
                 .keys()
-                .filter(|n| after.is_none_or(|a| n.as_str() > a))
+                .filter(|n| after.is_none_or(|a| n.as_str() > a) && only.is_none_or(|o| n.as_str() == o))
                 .collect();
             names.sort();
             names.truncate(limit);
@@ -649,6 +662,14 @@ impl Fleet {
         let mut out = Vec::with_capacity(page.len());
         for (c, targeted) in page {
             let reports = self.store.latest(&c.name)?;
+            let applied = self
+                .state
+                .read()
+                .expect("fleet lock")
+                .meta
+                .get(&c.name)
+                .map(|m| m.applied.clone())
+                .unwrap_or_default();
             let mut names: Vec<&String> = targeted.iter().collect();
             for reported in reports.keys() {
                 if !names.contains(&reported) {
@@ -677,7 +698,8 @@ impl Fleet {
                                     skiff_proto::api::Outcome::Applied | skiff_proto::api::Outcome::Checked
                                 )
                             })
-                            .and_then(|r| r.generation),
+                            .and_then(|r| r.generation)
+                            .or_else(|| applied.get(name).copied()),
                         result: report.map(|r| format!("{:?}", r.outcome).to_lowercase()),
                         message: report.and_then(|r| r.message.clone()),
                         drifted: report.map_or(0, |r| r.drift.iter().filter(|d| !d.corrected).count()),
@@ -774,6 +796,7 @@ impl Fleet {
                     record: state.channels.get(&c.name).cloned().unwrap_or_default(),
                     clusters,
                     targets_nothing: c.targets.is_empty(),
+                    fetch_error: None,
                 }
             })
             .collect()

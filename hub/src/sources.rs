@@ -30,6 +30,8 @@ pub struct Sources {
     key: Arc<SigningKey>,
     metrics: Arc<Metrics>,
     triggers: HashMap<String, Arc<Notify>>,
+    /// The last fetch error per repository, cleared by the next good fetch.
+    fetch_errors: std::sync::Mutex<HashMap<String, String>>,
 }
 
 /// Why a fetch failed.
@@ -67,6 +69,7 @@ impl Sources {
             key,
             metrics,
             triggers,
+            fetch_errors: Default::default(),
         }
     }
 
@@ -88,6 +91,11 @@ impl Sources {
             .iter()
             .find(|c| c.name == channel)
             .is_some_and(|c| self.trigger(&c.repo))
+    }
+
+    /// Why the last fetch of `repo` failed, if it did (cleared by the next good one).
+    pub fn fetch_error(&self, repo: &str) -> Option<String> {
+        self.fetch_errors.lock().expect("fetch errors").get(repo).cloned()
     }
 
     /// The repository config named `name`.
@@ -114,10 +122,15 @@ impl Sources {
             let wait = match result {
                 Ok(Ok(())) => {
                     failures = 0;
+                    self.fetch_errors.lock().expect("fetch errors").remove(&repo.name);
                     repo.poll
                 }
                 Ok(Err(error)) => {
                     failures += 1;
+                    self.fetch_errors
+                        .lock()
+                        .expect("fetch errors")
+                        .insert(repo.name.clone(), error.to_string());
                     let backoff = backoff(failures, repo.poll);
                     warn!(%error, repo = %repo.name, retry_in = ?backoff, "Fetch failed; serving the last good bundles");
                     backoff
@@ -342,7 +355,10 @@ impl Sources {
 
     fn fail(&self, channel: &ChannelConfig, mut record: ChannelRecord, commit: String, message: String) {
         warn!(channel = %channel.name, commit = %commit, error = %message, generation = record.generation, "Build failed; keeping the last good generation");
-        self.metrics.build_failed(&channel.name);
+        // Counted once per failing commit, not once per retry of the same one.
+        if record.last_error.as_ref().is_none_or(|e| e.commit != commit) {
+            self.metrics.build_failed(&channel.name);
+        }
         if !commit.is_empty() {
             record.last_seen_commit = Some(commit.clone());
         }

@@ -129,6 +129,10 @@ pub struct ReportMeta {
     pub stored: u64,
     /// Bytes of history kept.
     pub bytes: u64,
+    /// The highest generation each channel applied successfully (the last good state,
+    /// still shown when a newer generation fails).
+    #[serde(default)]
+    pub applied: BTreeMap<String, u64>,
 }
 
 /// How much report history a cluster keeps.

@@ -140,12 +140,6 @@ impl Metrics {
             "gauge",
             "Current generation per channel.",
         );
-        family(
-            &mut out,
-            "skiff_hub_channel_build_error",
-            "gauge",
-            "1 when the channel's newest commit failed to build.",
-        );
         let channels = fleet.channel_statuses();
         for c in &channels {
             let _ = writeln!(
@@ -153,6 +147,14 @@ impl Metrics {
                 "skiff_hub_channel_generation{{channel=\"{}\"}} {}",
                 c.name, c.record.generation
             );
+        }
+        family(
+            &mut out,
+            "skiff_hub_channel_build_error",
+            "gauge",
+            "1 when the channel's newest commit failed to build.",
+        );
+        for c in &channels {
             let _ = writeln!(
                 out,
                 "skiff_hub_channel_build_error{{channel=\"{}\"}} {}",
@@ -160,19 +162,20 @@ impl Metrics {
                 u8::from(c.record.last_error.is_some())
             );
         }
+        let fetches: Vec<(String, (Option<Timestamp>, u64))> = self
+            .fetches
+            .lock()
+            .expect("metrics")
+            .iter()
+            .map(|(r, f)| (r.clone(), *f))
+            .collect();
         family(
             &mut out,
             "skiff_hub_repo_last_fetch_success_timestamp_seconds",
             "gauge",
             "Unix time of the last successful fetch per repository.",
         );
-        family(
-            &mut out,
-            "skiff_hub_repo_fetch_failures_total",
-            "counter",
-            "Failed fetches per repository.",
-        );
-        for (r, (ok, failures)) in self.fetches.lock().expect("metrics").iter() {
+        for (r, (ok, _)) in &fetches {
             if let Some(t) = ok {
                 let _ = writeln!(
                     out,
@@ -180,6 +183,14 @@ impl Metrics {
                     t.unix_seconds()
                 );
             }
+        }
+        family(
+            &mut out,
+            "skiff_hub_repo_fetch_failures_total",
+            "counter",
+            "Failed fetches per repository.",
+        );
+        for (r, (_, failures)) in &fetches {
             let _ = writeln!(
                 out,
                 "skiff_hub_repo_fetch_failures_total{{repo=\"{r}\"}} {failures}"

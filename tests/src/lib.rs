@@ -318,3 +318,26 @@ pub fn build_bundle(
         out.join(format!("{digest}.dsse.json")),
     )
 }
+
+/// Each metric family's HELP and TYPE stand right before its samples, and no family is
+/// split (what Prometheus' parser expects).
+pub fn assert_exposition_is_grouped(text: &str) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            current = rest.split_whitespace().next().unwrap().to_owned();
+            assert!(
+                seen.insert(current.clone()),
+                "family {current} appears twice:\n{text}"
+            );
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| *f == current))
+                .unwrap_or(name);
+            assert_eq!(family, current, "sample {line:?} outside its family:\n{text}");
+        }
+    }
+}

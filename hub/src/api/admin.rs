@@ -69,7 +69,11 @@ pub async fn list_clusters(
     admin!(state, headers);
     let limit = page.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let fleet = state.fleet.clone();
-    match tokio::task::spawn_blocking(move || fleet.cluster_statuses(page.after.as_deref(), limit)).await {
+    match tokio::task::spawn_blocking(move || {
+        fleet.cluster_statuses(page.after.as_deref(), page.name.as_deref(), limit)
+    })
+    .await
+    {
         Ok(Ok(list)) => Json(list).into_response(),
         Ok(Err(e)) => fleet_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -86,6 +90,8 @@ pub struct Page {
     pub limit: Option<usize>,
     /// Clusters whose names sort after this one.
     pub after: Option<String>,
+    /// Only this cluster.
+    pub name: Option<String>,
 }
 
 /// `POST /v1/admin/clusters`
@@ -211,7 +217,11 @@ pub async fn desired(
 /// `GET /v1/admin/channels`
 pub async fn list_channels(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     admin!(state, headers);
-    Json(state.fleet.channel_statuses()).into_response()
+    let mut channels = state.fleet.channel_statuses();
+    for c in &mut channels {
+        c.fetch_error = state.sources.fetch_error(&c.repo);
+    }
+    Json(channels).into_response()
 }
 
 /// `POST /v1/admin/channels/{channel}/refresh`: fetch its repository and rebuild now.

@@ -34,6 +34,82 @@ fn ago(t: Option<Timestamp>) -> String {
     }
 }
 
+/// A message on one line, at most `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max {
+        flat.chars().take(max).collect::<String>() + "…"
+    } else {
+        flat
+    }
+}
+
+/// `skiff-hub status CLUSTER`: one cluster in full.
+pub(super) async fn cluster_detail(hub: &HubArgs, name: &str, output: Output) -> anyhow::Result<()> {
+    let client = hub.client()?;
+    let found: Vec<ClusterStatus> = client
+        .json(Method::GET, &format!("/v1/admin/status?name={name}"), None)
+        .await?;
+    let Some(c) = found.into_iter().next() else {
+        anyhow::bail!("cluster {name:?} is not registered (skiff-hub cluster list shows those that are)");
+    };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+        return Ok(());
+    }
+    println!("Cluster:   {}", c.name);
+    println!("Labels:    {}", labels_text(&c.labels));
+    let seen = ago(c.last_seen);
+    println!(
+        "Last seen: {}",
+        if c.offline {
+            format!("{seen} (OFFLINE)")
+        } else {
+            seen
+        }
+    );
+    for ch in &c.channels {
+        let g = |v: Option<u64>| v.map_or("-".to_owned(), |g| g.to_string());
+        println!();
+        println!(
+            "Channel {}{}",
+            ch.channel,
+            if ch.targeted {
+                ""
+            } else {
+                " (no longer targeted: kept, not enforced)"
+            }
+        );
+        println!("  desired generation: {}", g(ch.desired_generation));
+        println!("  applied generation: {}", g(ch.applied_generation));
+        println!(
+            "  last report:        {} {}",
+            ch.result.as_deref().unwrap_or("-"),
+            ch.reported
+                .map_or(String::new(), |t| format!("({})", ago(Some(t))))
+        );
+        if let Some(m) = &ch.message {
+            println!("  message:            {m}");
+        }
+        println!("  health:             {}", ch.health.as_deref().unwrap_or("-"));
+        for d in &ch.drift {
+            println!(
+                "  drift: {} {}{}",
+                d.object,
+                d.kind,
+                if d.corrected { " (corrected)" } else { "" }
+            );
+            for p in &d.paths {
+                let v = |v: &Option<serde_json::Value>| {
+                    v.as_ref().map_or("(hidden)".to_owned(), ToString::to_string)
+                };
+                println!("    {}: desired {} live {}", p.path, v(&p.desired), v(&p.live));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn labels_text(labels: &BTreeMap<String, String>) -> String {
     if labels.is_empty() {
         return "-".to_owned();
@@ -221,11 +297,15 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
             } else {
                 c.clusters.len().to_string()
             },
-            r.last_error.as_ref().map_or("-".to_owned(), |e| {
-                let message: String = e.message.split_whitespace().collect::<Vec<_>>().join(" ");
-                let short: String = message.chars().take(160).collect();
-                format!("{}: {short}", e.commit.chars().take(12).collect::<String>())
-            }),
+            match (&c.fetch_error, &r.last_error) {
+                (Some(fetch), _) => format!("fetch: {}", one_line(fetch, 160)),
+                (None, Some(e)) => format!(
+                    "{}: {}",
+                    e.commit.chars().take(12).collect::<String>(),
+                    one_line(&e.message, 160)
+                ),
+                (None, None) => "-".to_owned(),
+            },
         ]);
     }
     table(&rows);
@@ -241,6 +321,7 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
             "RESULT",
             "DRIFTED",
             "HEALTH",
+            "MESSAGE",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -249,7 +330,7 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
         let first = |ch: Option<&crate::fleet::ClusterChannelStatus>| {
             let opt = |v: Option<u64>| v.map_or("-".to_owned(), |g| g.to_string());
             match ch {
-                None => vec!["-".to_owned(); 6],
+                None => vec!["-".to_owned(); 7],
                 Some(ch) => vec![
                     ch.channel.clone(),
                     opt(ch.desired_generation),
@@ -261,6 +342,10 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
                         ch.drifted.to_string()
                     },
                     ch.health.clone().unwrap_or_else(|| "-".to_owned()),
+                    match ch.result.as_deref() {
+                        Some("applied" | "checked") | None => "-".to_owned(),
+                        _ => ch.message.as_deref().map_or("-".to_owned(), |m| one_line(m, 80)),
+                    },
                 ],
             }
         };

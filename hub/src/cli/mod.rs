@@ -49,8 +49,11 @@ pub enum Command {
     /// Register and manage clusters on a running hub.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Show every cluster and channel: desired vs applied generation, result, drift, health.
+    /// Show every cluster and channel: desired vs applied generation, result, drift, health;
+    /// or, given a cluster, everything about it (messages, object errors, drift paths).
     Status {
+        /// One cluster, in detail.
+        cluster: Option<String>,
         /// The hub to talk to.
         #[command(flatten)]
         hub: HubArgs,
@@ -352,7 +355,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(crate::serve::run(config))
         }
         Command::Cluster(c) => runtime()?.block_on(admin::cluster(c)),
-        Command::Status { hub, output } => runtime()?.block_on(admin::status(&hub, output)),
+        Command::Status { hub, output, cluster } => match cluster {
+            Some(name) => runtime()?.block_on(admin::cluster_detail(&hub, &name, output)),
+            None => runtime()?.block_on(admin::status(&hub, output)),
+        },
         Command::Export { hub, cluster, out } => runtime()?.block_on(admin::export(&hub, &cluster, &out)),
         Command::Report(ReportCommand::Import { hub, file }) => {
             runtime()?.block_on(admin::import(&hub, &file))
