@@ -110,3 +110,62 @@ fn swapped_bundle_and_envelope_get_a_hint() {
         run.stderr
     );
 }
+
+/// A cluster relabelled out of a channel keeps its objects, and the agent stops enforcing
+/// them (said in its log; the hub's status shows the channel untargeted).
+#[test]
+fn an_untargeted_channel_is_kept_and_no_longer_enforced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = skiff_tests::GitRepo::init(&tmp.path().join("fleet"));
+    repo.copy_dir(&skiff_tests::examples_dir().join("apps"), "apps");
+    repo.commit_all("fleet");
+    let hub = HubProcess::start(
+        &tmp.path().join("hub"),
+        &format!(
+            "repos:\n  - {{name: fleet, url: \"{}\", poll: 1h}}\nchannels:\n  - {{name: demo, repo: fleet, branch: main, path: apps, namespace: demo, targets: {{labels: {{env: dev}}}}}}\n",
+            repo.path().display()
+        ),
+    );
+    let token = hub.add_cluster("edge-1", &["env=dev"]);
+    let target = tmp.path().join("out");
+    let config = write_config(
+        &tmp.path().join("agent"),
+        "edge-1",
+        &hub.public_key(),
+        &format!("dir:{}", target.display()),
+        &format!("hub: {}\ntoken: {token}\ndrift_interval: 1s\n", hub.url()),
+    );
+    let mut proc = AgentProcess::start(&config);
+    let cm = target.join("demo/demo/configmap.web-config.yaml");
+    assert!(
+        wait_for(Duration::from_secs(20), || cm.exists()),
+        "{}",
+        proc.log()
+    );
+    // Healed while targeted.
+    std::fs::write(&cm, "edited").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(20), || std::fs::read_to_string(&cm)
+            .is_ok_and(|t| t != "edited")),
+        "{}",
+        proc.log()
+    );
+    hub.admin(&["cluster", "label", "edge-1", "env-"]).success();
+    assert!(
+        wait_for(Duration::from_secs(20), || proc
+            .log()
+            .contains("no longer assigned by the hub")),
+        "{}",
+        proc.log()
+    );
+    std::fs::write(&cm, "edited again").unwrap();
+    std::thread::sleep(Duration::from_secs(4)); // several drift intervals
+    assert_eq!(
+        std::fs::read_to_string(&cm).unwrap(),
+        "edited again",
+        "not enforced any more"
+    );
+    let status = hub.admin(&["status"]).success().stdout;
+    assert!(status.contains("untargeted (kept, not enforced)"), "{status}");
+    proc.kill();
+}

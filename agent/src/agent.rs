@@ -88,6 +88,8 @@ pub struct Agent {
     /// Import pairs already refused, by path and (sizes, mtimes): looked at again only when
     /// the files change.
     refused_imports: std::sync::Mutex<HashMap<PathBuf, ImportStamp>>,
+    /// Channels the hub stopped assigning (kept, not enforced), said once each.
+    unenforced: std::sync::Mutex<HashSet<String>>,
     retries: std::sync::Mutex<HashMap<String, (u32, Instant)>>,
     /// When `status.json`/`outbox.json` were last written, and whether they are stale.
     snapshot: std::sync::Mutex<(Instant, bool)>,
@@ -178,6 +180,7 @@ impl Agent {
             reports: Notify::new(),
             rejected: std::sync::Mutex::new(HashSet::new()),
             refused_imports: std::sync::Mutex::new(HashMap::new()),
+            unenforced: std::sync::Mutex::new(HashSet::new()),
             retries: std::sync::Mutex::new(HashMap::new()),
             snapshot: std::sync::Mutex::new((Instant::now() - SNAPSHOT_EVERY, false)),
             apply_lock: tokio::sync::Mutex::new(()),
@@ -370,15 +373,48 @@ impl Agent {
     /// last said this cluster runs it. (A signed per-cluster assignment is the complete
     /// answer; until then an air-gapped site lists its channels in its config.)
     fn check_assigned(&self, channel: &str) -> Result<(), String> {
-        if self.config.channels.contains_key(channel)
-            || self.store.assigned().is_ok_and(|a| a.contains(channel))
-        {
+        let offered = self
+            .store
+            .assigned()
+            .ok()
+            .flatten()
+            .is_some_and(|a| a.contains(channel));
+        if self.config.channels.contains_key(channel) || offered {
             Ok(())
         } else {
             Err(format!(
                 "channel {channel:?} is not assigned to this cluster: the hub has not offered it, and the agent config does not list it under channels"
             ))
         }
+    }
+
+    /// Whether the agent still enforces a channel (re-applies, checks drift, heals): not once
+    /// the hub's desired state has stopped listing it. Its objects stay as they are; until
+    /// signed assignments say whether to prune or keep, nothing is removed. Logged once.
+    fn enforced(&self, channel: &str) -> bool {
+        let dropped = self
+            .store
+            .assigned()
+            .ok()
+            .flatten()
+            .is_some_and(|a| !a.contains(channel));
+        if dropped
+            && self
+                .unenforced
+                .lock()
+                .expect("unenforced")
+                .insert(channel.to_owned())
+        {
+            // No report: the hub takes reports only for channels that target the cluster,
+            // and its status shows the channel as untargeted already.
+            warn!(
+                channel,
+                "Channel no longer assigned by the hub: its objects are kept and no longer enforced"
+            );
+        } else if !dropped {
+            self.unenforced.lock().expect("unenforced").remove(channel);
+        }
+        !dropped
     }
 
     /// Applies a channel's accepted bundle from the store (re-verified first: the store is
@@ -630,6 +666,9 @@ impl Agent {
             .unwrap_or_default();
         let mut out = Vec::new();
         for channel in channels {
+            if !self.enforced(&channel) {
+                continue;
+            }
             let heal = heal.unwrap_or_else(|| self.config.self_heal_for(&channel));
             let r = self.check_channel(&channel, heal).await;
             out.push((channel, r));
@@ -662,6 +701,9 @@ impl Agent {
         };
         for (name, state) in channels {
             let Some(accepted) = &state.accepted else { continue };
+            if !self.enforced(&name) {
+                continue;
+            }
             if state.unfinished_applies >= UNFINISHED_LIMIT {
                 let message = format!(
                     "generation {} did not finish applying in the last {} starts (was the agent killed while applying it? a memory limit?); skipped until a newer generation arrives",
@@ -974,6 +1016,10 @@ impl Agent {
                 .map(|(c, _)| c.clone())
                 .collect();
             for channel in due {
+                if !self.enforced(&channel) {
+                    self.retries.lock().expect("retries").remove(&channel);
+                    continue;
+                }
                 if let Err(error) = self.apply_channel(&channel).await {
                     warn!(%error, channel = %channel, "Retry failed");
                 }

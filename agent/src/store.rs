@@ -331,17 +331,17 @@ impl Store {
         Ok(report)
     }
 
-    /// Channels the hub last said this cluster runs (from its desired state).
-    pub fn assigned(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+    /// Channels the hub last said this cluster runs (from its desired state); `None` until
+    /// the hub has answered once.
+    pub fn assigned(&self) -> Result<Option<std::collections::BTreeSet<String>>, StoreError> {
         Ok(self
             .meta("assigned")?
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_default())
+            .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
     /// Records the channels the hub says this cluster runs.
     pub fn set_assigned(&self, channels: &std::collections::BTreeSet<String>) -> Result<(), StoreError> {
-        if self.assigned()? == *channels {
+        if self.assigned()?.as_ref() == Some(channels) {
             return Ok(());
         }
         self.set_meta("assigned", &serde_json::to_vec(channels).expect("serializes"))

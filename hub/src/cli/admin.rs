@@ -335,7 +335,11 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
                     ch.channel.clone(),
                     opt(ch.desired_generation),
                     opt(ch.applied_generation),
-                    ch.result.clone().unwrap_or_else(|| "-".to_owned()),
+                    if ch.targeted {
+                        ch.result.clone().unwrap_or_else(|| "-".to_owned())
+                    } else {
+                        "untargeted (kept, not enforced)".to_owned()
+                    },
                     if ch.corrected > 0 {
                         format!("{} ({} healed)", ch.drifted, ch.corrected)
                     } else {
