@@ -470,3 +470,91 @@ fn path_spellings_build_the_same_bundle() {
     assert_ne!(err.code, Some(0));
     assert!(err.stderr.contains("leaves the repository"), "{}", err.stderr);
 }
+
+/// Files that are not manifests (Fleet's `fleet.yaml`, Helm values, docs) are refused until
+/// `.skiffignore` leaves them out; from a commit and from a folder alike.
+#[test]
+fn skiffignore_leaves_out_files_that_are_not_manifests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = skiff_tests::GitRepo::init(&tmp.path().join("repo"));
+    repo.copy_dir(&skiff_tests::examples_dir().join("apps"), "apps");
+    repo.write(
+        "apps/fleet.yaml",
+        "defaultNamespace: web\nhelm: {values: {a: 1}}\n",
+    );
+    repo.write("apps/docs/notes.yaml", "title: how we deploy\n");
+    repo.commit_all("fleet with non-manifests");
+    let keys = tmp.path().join("keys");
+    skiff_tests::run_bin("skiff-hub", &["keygen", "--out", keys.to_str().unwrap()]).success();
+    let key = keys.join("signing.pem");
+    let out = tmp.path().join("out");
+    let from_repo = || {
+        skiff_tests::run_bin(
+            "skiff-hub",
+            &[
+                "bundle",
+                "build",
+                "--repo",
+                repo.path().to_str().unwrap(),
+                "--rev",
+                "main",
+                "--path",
+                "apps",
+                "--channel",
+                "demo",
+                "--generation",
+                "1",
+                "--key",
+                key.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+    };
+    let from_dir = || {
+        skiff_tests::run_bin(
+            "skiff-hub",
+            &[
+                "bundle",
+                "build",
+                "--dir",
+                repo.path().join("apps").to_str().unwrap(),
+                "--channel",
+                "demo",
+                "--generation",
+                "1",
+                "--key",
+                key.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+    };
+    let refused = from_repo();
+    assert_ne!(refused.code, Some(0));
+    assert!(
+        refused.stderr.contains("fleet.yaml") && refused.stderr.contains("missing apiVersion"),
+        "{}",
+        refused.stderr
+    );
+    repo.write("apps/.skiffignore", "# not manifests\nfleet.yaml\ndocs/\n");
+    repo.commit_all("ignore them");
+    for built in [from_repo(), from_dir()] {
+        let digest = built.success().stdout.trim().to_owned();
+        let listed = skiff_tests::run_bin(
+            "skiff-hub",
+            &[
+                "bundle",
+                "inspect",
+                out.join(format!("{digest}.tar.gz")).to_str().unwrap(),
+            ],
+        )
+        .success()
+        .stdout;
+        assert!(listed.contains("web/"), "{listed}");
+        assert!(
+            !listed.contains("fleet.yaml") && !listed.contains("notes.yaml"),
+            "{listed}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod fleet;
 pub mod git;
+pub mod ignore;
 pub mod process;
 pub mod render;
 pub mod serve;

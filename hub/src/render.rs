@@ -4,6 +4,8 @@
 //! Plain rendering takes `*.yaml`, `*.yml` and `*.json` below the path (as `kubectl apply -R`
 //! does), skips hidden files and folders (`.github/`, `.gitlab-ci.yml`), and refuses
 //! symbolic links rather than follow them out of the tree. Files are bundled byte for byte.
+//! A `.skiffignore` at the top of the rendered folder leaves out what is not a manifest
+//! (gitignore syntax; see [`crate::ignore`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use skiff_proto::manifest::{ManifestError, parse_objects};
 use std::time::Duration;
 
 use crate::git::{EntryKind, GitError, Repo, TreeEntry};
+use crate::ignore::{IGNORE_FILE, Ignore, MAX_IGNORE_FILE};
 use crate::process;
 
 /// Name of the one file a kustomize render produces in a bundle.
@@ -113,12 +116,35 @@ pub fn is_kustomization(path: &str) -> bool {
     matches!(name, "kustomization.yaml" | "kustomization.yml" | "Kustomization")
 }
 
-/// The manifest files below `dir` on disk, sorted by path.
+/// The manifest files below `dir` on disk, sorted by path, less what `.skiffignore` at
+/// its top leaves out.
 pub fn from_dir(dir: &Path) -> Result<Vec<SourceFile>, RenderError> {
     let mut files = Vec::new();
     walk(dir, "", &mut files)?;
+    let ignore_path = dir.join(IGNORE_FILE);
+    let ignore = match std::fs::symlink_metadata(&ignore_path) {
+        Ok(m) if m.is_file() && m.len() <= MAX_IGNORE_FILE as u64 => {
+            let text = std::fs::read(&ignore_path).map_err(|source| RenderError::Io {
+                path: ignore_path.clone(),
+                source,
+            })?;
+            Ignore::parse(&String::from_utf8_lossy(&text))
+        }
+        Ok(m) if m.is_file() => return Err(ignore_too_large(m.len())),
+        _ => Ignore::default(),
+    };
+    files.retain(|f| !ignore.ignores(&f.path));
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+fn ignore_too_large(size: u64) -> RenderError {
+    RenderError::TooLarge {
+        path: IGNORE_FILE.to_owned(),
+        size,
+        limit: MAX_IGNORE_FILE as u64,
+        what: "size of an ignore file",
+    }
 }
 
 fn walk(dir: &Path, prefix: &str, out: &mut Vec<SourceFile>) -> Result<(), RenderError> {
@@ -155,9 +181,23 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<SourceFile>) -> Result<(), Rende
 /// The manifest files among `entries` (a `list_tree` of the rendered path), read from the
 /// object database.
 pub fn from_git(repo: &Repo, entries: Vec<TreeEntry>) -> Result<Vec<SourceFile>, RenderError> {
+    let ignore = match entries
+        .iter()
+        .find(|e| e.path == IGNORE_FILE && e.kind == EntryKind::File)
+    {
+        Some(e) => {
+            let size = repo.blob_sizes(&[e.oid.as_str()])?[0];
+            if size > MAX_IGNORE_FILE as u64 {
+                return Err(ignore_too_large(size));
+            }
+            let text = repo.read_blobs(&[e.oid.as_str()])?.remove(0);
+            Ignore::parse(&String::from_utf8_lossy(&text))
+        }
+        None => Ignore::default(),
+    };
     let mut wanted = Vec::new();
     for entry in entries {
-        if !(is_manifest_name(&entry.path) || is_kustomization(&entry.path)) {
+        if !(is_manifest_name(&entry.path) || is_kustomization(&entry.path)) || ignore.ignores(&entry.path) {
             continue;
         }
         match entry.kind {
