@@ -49,6 +49,7 @@ git -C "$work/fleet" log --oneline -1
 
 say "Keys and tokens"
 [ -f "$work/keys/signing.pem" ] || "$hub" keygen --out "$work/keys" >/dev/null
+umask 077 # keys and tokens are for this user only
 [ -f "$work/admin.token" ] || head -c 24 /dev/urandom | base64 | tr -d '\n' > "$work/admin.token"
 echo "signing key $work/keys/signing.pem, admin token $work/admin.token"
 
@@ -71,7 +72,7 @@ for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
-export SKIFF_HUB_URL="http://127.0.0.1:$port" SKIFF_ADMIN_TOKEN_FILE="$work/admin.token"
+export SKIFF_HUB_URL="http://127.0.0.1:$port" SKIFF_HUB_ADMIN_TOKEN_FILE="$work/admin.token"
 
 say "Registering cluster 'laptop' (label env=dev)"
 if [ ! -f "$work/laptop.token" ]; then
@@ -124,7 +125,7 @@ Things to try (in another terminal):
       sed -i 's/replicas: 2/replicas: 3/' $work/fleet/apps/web/deployment.yaml
       git -C $work/fleet commit -qam "3 replicas"
     the hub builds generation 2 within its 2s poll; the agent applies it.
-  - Status: SKIFF_HUB_URL=$SKIFF_HUB_URL SKIFF_ADMIN_TOKEN_FILE=$work/admin.token $hub status
+  - Status: SKIFF_HUB_URL=$SKIFF_HUB_URL SKIFF_HUB_ADMIN_TOKEN_FILE=$work/admin.token $hub status
             $agent status --data-dir $work/agent-data
 
 Ctrl-C stops the hub and the agent.

@@ -804,7 +804,7 @@ fn https_with_a_self_signed_certificate_and_the_admin_cli_trusting_its_ca() {
         std::process::Command::new(skiff_tests::bin("skiff-hub"))
             .args(args)
             .env("SKIFF_HUB_URL", &https)
-            .env("SKIFF_ADMIN_TOKEN", &hub.admin_token)
+            .env("SKIFF_HUB_ADMIN_TOKEN", &hub.admin_token)
             .output()
             .unwrap()
             .into()
@@ -819,7 +819,7 @@ fn https_with_a_self_signed_certificate_and_the_admin_cli_trusting_its_ca() {
     let plain = std::process::Command::new(skiff_tests::bin("skiff-hub"))
         .args(["cluster", "list"])
         .env("SKIFF_HUB_URL", hub.url())
-        .env("SKIFF_ADMIN_TOKEN", &hub.admin_token)
+        .env("SKIFF_HUB_ADMIN_TOKEN", &hub.admin_token)
         .output()
         .unwrap();
     assert!(!plain.status.success());

@@ -136,7 +136,7 @@ async fn a_closed_pipe_is_not_a_crash_and_a_bad_log_filter_is_an_error() {
             skiff_tests::bin("skiff-hub").display()
         ))
         .env("SKIFF_HUB_URL", hub.url())
-        .env("SKIFF_ADMIN_TOKEN", &hub.admin_token)
+        .env("SKIFF_HUB_ADMIN_TOKEN", &hub.admin_token)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -145,6 +145,20 @@ async fn a_closed_pipe_is_not_a_crash_and_a_bad_log_filter_is_an_error() {
         "{stderr}"
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("CHANNEL"));
+
+    // The admin token's older variable name still works, with a note.
+    let old = std::process::Command::new(skiff_tests::bin("skiff-hub"))
+        .args(["cluster", "list"])
+        .env("SKIFF_HUB_URL", hub.url())
+        .env_remove("SKIFF_HUB_ADMIN_TOKEN")
+        .env("SKIFF_ADMIN_TOKEN", &hub.admin_token)
+        .output()
+        .unwrap();
+    assert!(old.status.success(), "{}", String::from_utf8_lossy(&old.stderr));
+    assert!(
+        String::from_utf8_lossy(&old.stderr)
+            .contains("SKIFF_ADMIN_TOKEN is deprecated; use SKIFF_HUB_ADMIN_TOKEN")
+    );
 
     for (bin, args) in [
         ("skiff-hub", ["serve", "--config"]),

@@ -33,7 +33,7 @@ EOT
 SKIFF_LOG=warn "$bin/skiff-hub" serve --config "$work/hub.yaml" 2>"$work/hub.log" &
 hub_pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-agent_token=$(SKIFF_HUB_URL="http://127.0.0.1:$port" SKIFF_ADMIN_TOKEN=$token "$bin/skiff-hub" cluster add edge-1 2>/dev/null | tail -1)
+agent_token=$(SKIFF_HUB_URL="http://127.0.0.1:$port" SKIFF_HUB_ADMIN_TOKEN=$token "$bin/skiff-hub" cluster add edge-1 2>/dev/null | tail -1)
 ulimit -n 65535 2>/dev/null || true
 rss() { awk '/VmRSS/ {print $2}' "/proc/$hub_pid/status"; }
 echo "hub RSS before: $(rss) KiB"

@@ -85,8 +85,9 @@ pub struct HubArgs {
     /// The hub's URL.
     #[arg(long, env = "SKIFF_HUB_URL", default_value = "http://127.0.0.1:8080")]
     pub hub: String,
-    /// File holding the admin token (or set SKIFF_ADMIN_TOKEN).
-    #[arg(long, env = "SKIFF_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    /// File holding the admin token (or set SKIFF_HUB_ADMIN_TOKEN to the token itself; the
+    /// older SKIFF_ADMIN_TOKEN_FILE / SKIFF_ADMIN_TOKEN still work).
+    #[arg(long, env = "SKIFF_HUB_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust for the hub's TLS, e.g. a self-signed hub.
     #[arg(long, env = "SKIFF_HUB_CA_FILE", value_name = "PEM")]
@@ -95,10 +96,27 @@ pub struct HubArgs {
 
 impl HubArgs {
     fn client(&self) -> anyhow::Result<HubClient> {
-        let token = match (&self.admin_token_file, std::env::var("SKIFF_ADMIN_TOKEN")) {
-            (Some(path), _) => read_token(path)?,
-            (None, Ok(t)) if !t.trim().is_empty() => t.trim().to_owned(),
-            _ => anyhow::bail!("no admin token: give --admin-token-file PATH or set SKIFF_ADMIN_TOKEN"),
+        // The same names as `serve` reads; the older ones keep working, with a note.
+        let deprecated = |old: &str, new: &str| {
+            let value = std::env::var(old).ok().filter(|v| !v.trim().is_empty());
+            if value.is_some() {
+                eprintln!("note: {old} is deprecated; use {new}");
+            }
+            value
+        };
+        let file = self.admin_token_file.clone().or_else(|| {
+            deprecated("SKIFF_ADMIN_TOKEN_FILE", "SKIFF_HUB_ADMIN_TOKEN_FILE").map(PathBuf::from)
+        });
+        let token = std::env::var("SKIFF_HUB_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .or_else(|| deprecated("SKIFF_ADMIN_TOKEN", "SKIFF_HUB_ADMIN_TOKEN"));
+        let token = match (file, token) {
+            (Some(path), _) => read_token(&path)?,
+            (None, Some(t)) => t.trim().to_owned(),
+            _ => anyhow::bail!(
+                "no admin token: give --admin-token-file PATH, or set SKIFF_HUB_ADMIN_TOKEN_FILE (a file) or SKIFF_HUB_ADMIN_TOKEN (the token)"
+            ),
         };
         HubClient::new(&self.hub, token, self.ca_file.as_ref())
     }
