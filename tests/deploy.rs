@@ -175,9 +175,34 @@ fn bootstrap_prints_a_manifest_that_applies_with_the_token_only_in_the_secret() 
     );
     assert!(ok && !out.is_empty(), "{out}");
 
+    // A loopback hub URL cannot serve an in-cluster agent: refused, and nothing changes.
+    let loopback = hub.admin(&["cluster", "bootstrap", "edge-9"]);
+    assert_ne!(loopback.code, Some(0));
+    assert!(
+        loopback.stderr.contains("loopback") && loopback.stderr.contains("public_url"),
+        "{}",
+        loopback.stderr
+    );
+    let listed = hub
+        .admin(&["cluster", "list", "--output", "json"])
+        .success()
+        .stdout;
+    assert!(!listed.contains("edge-9"), "nothing registered: {listed}");
+
     // Again: the cluster exists, so it gets a new token; the old one stops working.
-    let again = hub.admin(&["cluster", "bootstrap", "edge-7"]);
+    let again = hub.admin(&[
+        "cluster",
+        "bootstrap",
+        "edge-7",
+        "--hub-url",
+        "https://hub.example:8443",
+    ]);
     assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("note: the manifest runs the image"),
+        "{}",
+        again.stderr
+    );
     assert!(again.stderr.contains("new token"), "{}", again.stderr);
     assert!(!again.stdout.contains(&token));
 

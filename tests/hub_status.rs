@@ -325,3 +325,74 @@ async fn why_a_cluster_or_channel_failed_is_in_the_text_status() {
         .unwrap();
     skiff_tests::assert_exposition_is_grouped(&metrics);
 }
+
+/// `export --channel` fetches a channel's current bundle; anyone with the commit rebuilds
+/// the same bytes (repository URL, branch, path and default namespace as the channel has).
+#[test]
+fn a_channels_bundle_can_be_fetched_and_rebuilt_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = example_repo(&dir.path().join("fleet"));
+    let url = format!("file://{}", repo.path().display());
+    let hub = HubProcess::start(
+        &dir.path().join("hub"),
+        &format!(
+            "repos:\n  - {{name: fleet, url: \"{url}\", poll: 1h}}\nchannels:\n  - {{name: demo, repo: fleet, branch: main, path: ./apps, namespace: demo, targets: {{clusters: [a]}}}}\n"
+        ),
+    );
+    let out = dir.path().join("fetched");
+    let fetched = (0..200)
+        .find_map(|_| {
+            let run = hub.admin(&["export", "--channel", "demo", "--out", out.to_str().unwrap()]);
+            if run.code == Some(0) {
+                return Some(run.stdout);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        })
+        .expect("the channel builds");
+    let bundle = fetched.lines().next().unwrap();
+    let digest = std::path::Path::new(bundle)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(".tar.gz")
+        .to_owned();
+    let keys = dir.path().join("keys");
+    skiff_tests::run_bin("skiff-hub", &["keygen", "--out", keys.to_str().unwrap()]).success();
+    let commit = repo.git(&["rev-parse", "HEAD"]);
+    let rebuilt = skiff_tests::run_bin(
+        "skiff-hub",
+        &[
+            "bundle",
+            "build",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--rev",
+            &commit,
+            "--path",
+            "apps",
+            "--branch",
+            "main",
+            "--source-repo",
+            &url,
+            "--namespace",
+            "demo",
+            "--channel",
+            "demo",
+            "--generation",
+            "1",
+            "--key",
+            keys.join("signing.pem").to_str().unwrap(),
+            "--out",
+            dir.path().join("rebuilt").to_str().unwrap(),
+        ],
+    )
+    .success()
+    .stdout;
+    assert_eq!(rebuilt.trim(), digest, "same commit, same settings, same bytes");
+    assert_eq!(
+        std::fs::read(bundle).unwrap(),
+        std::fs::read(dir.path().join("rebuilt").join(format!("{digest}.tar.gz"))).unwrap()
+    );
+}

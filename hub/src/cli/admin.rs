@@ -385,26 +385,7 @@ pub(super) async fn export(hub: &HubArgs, cluster: &str, out: &Path) -> anyhow::
         eprintln!("no channel targets cluster {cluster}; nothing to export");
     }
     for ch in &desired.channels {
-        let (status, bytes) = client.send(Method::GET, &ch.bundle_url, None).await?;
-        anyhow::ensure!(status.is_success(), "downloading {}: {status}", ch.bundle_url);
-        anyhow::ensure!(
-            skiff_proto::Sha256Digest::of(&bytes) == ch.sha256,
-            "downloaded bundle {} does not match its digest",
-            ch.sha256
-        );
-        // Bundle first, envelope last: an importer waits for the pair.
-        let bundle = out.join(format!("{}.tar.gz", ch.sha256));
-        let envelope = out.join(format!("{}.dsse.json", ch.sha256));
-        write_atomic(&bundle, &bytes)?;
-        write_atomic(&envelope, &ch.envelope.to_json())?;
-        println!("{}", bundle.display());
-        println!("{}", envelope.display());
-        eprintln!(
-            "channel {} generation {} ({} bytes)",
-            ch.channel,
-            ch.generation,
-            bytes.len()
-        );
+        write_pair(&client, out, &ch.channel, ch.generation, &ch.sha256, &ch.envelope).await?;
     }
     Ok(())
 }
@@ -418,6 +399,57 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path)
         .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// `export --channel`: a channel's current bundle and envelope, as the hub serves them.
+pub(super) async fn export_channel(hub: &HubArgs, channel: &str, out: &Path) -> anyhow::Result<()> {
+    let client = hub.client()?;
+    let channels: Vec<ChannelStatus> = client.json(Method::GET, "/v1/admin/channels", None).await?;
+    let Some(c) = channels.iter().find(|c| c.name == channel) else {
+        anyhow::bail!(
+            "no channel {channel:?}; the hub has: {}",
+            channels
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let (Some(sha256), Some(envelope)) = (&c.record.sha256, &c.record.envelope) else {
+        anyhow::bail!("channel {channel:?} has no bundle yet (nothing built: see `skiff-hub status`)");
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_pair(&client, out, channel, c.record.generation, sha256, envelope).await
+}
+
+/// Downloads a bundle, checks its digest, and writes it and its envelope into `out`
+/// (bundle first, envelope last: an importer waits for the pair).
+async fn write_pair(
+    client: &crate::client::HubClient,
+    out: &Path,
+    channel: &str,
+    generation: u64,
+    sha256: &skiff_proto::Sha256Digest,
+    envelope: &skiff_proto::dsse::Envelope,
+) -> anyhow::Result<()> {
+    let url = format!("/v1/bundles/{sha256}");
+    let (status, bytes) = client.send(Method::GET, &url, None).await?;
+    anyhow::ensure!(status.is_success(), "downloading {url}: {status}");
+    anyhow::ensure!(
+        skiff_proto::Sha256Digest::of(&bytes) == *sha256,
+        "downloaded bundle {sha256} does not match its digest"
+    );
+    let bundle_path = out.join(format!("{sha256}.tar.gz"));
+    let envelope_path = out.join(format!("{sha256}.dsse.json"));
+    write_atomic(&bundle_path, &bytes)?;
+    write_atomic(&envelope_path, &envelope.to_json())?;
+    println!("{}", bundle_path.display());
+    println!("{}", envelope_path.display());
+    eprintln!(
+        "channel {channel} generation {generation} ({} bytes)",
+        bytes.len()
+    );
     Ok(())
 }
 

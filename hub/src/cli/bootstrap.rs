@@ -175,6 +175,29 @@ fn systemd(a: &Agent) -> String {
     out
 }
 
+/// The image the agent's Deployment runs (from the kustomize base).
+fn agent_image() -> &'static str {
+    AGENT_BASE
+        .iter()
+        .flat_map(|doc| doc.lines())
+        .find_map(|l| l.trim().strip_prefix("image: "))
+        .unwrap_or("skiff-agent")
+}
+
+/// Whether a URL's host is a loopback address (or `localhost`).
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or(v6)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Runs `cluster bootstrap`.
 pub async fn bootstrap(
     hub: &HubArgs,
@@ -183,14 +206,22 @@ pub async fn bootstrap(
     hub_url: Option<String>,
     format: BootstrapFormat,
 ) -> anyhow::Result<()> {
-    let token = register(hub, name, labels).await?;
     let trust: TrustResponse = hub.client()?.json(Method::GET, "/v1/admin/trust", None).await?;
+    let url = hub_url.unwrap_or(trust.public_url);
+    // Checked before anything is registered: a refused bootstrap changes nothing.
+    if format == BootstrapFormat::Kube && is_loopback_url(&url) {
+        anyhow::bail!(
+            "the hub URL {url} is a loopback address: an agent running in a cluster cannot reach it. \
+             Set public_url in the hub config (or pass --hub-url) to an address the cluster can reach"
+        );
+    }
+    let token = register(hub, name, labels).await?;
     let desired: skiff_proto::api::Desired = hub
         .client()?
         .json(Method::GET, &format!("/v1/admin/clusters/{name}/desired"), None)
         .await?;
     let agent = Agent {
-        url: hub_url.unwrap_or(trust.public_url),
+        url,
         cluster: name.to_owned(),
         token,
         keys: trust.public_keys,
@@ -198,8 +229,37 @@ pub async fn bootstrap(
         channels: desired.channels.into_iter().map(|c| c.channel).collect(),
     };
     match format {
-        BootstrapFormat::Kube => print!("{}", manifest(&agent)?),
+        BootstrapFormat::Kube => {
+            eprintln!(
+                "note: the manifest runs the image {}; build it with `podman build -f deploy/container/Containerfile --target agent` and make it available to the cluster under that name (a registry, or `k3s ctr images import`; see deploy/README.md)",
+                agent_image()
+            );
+            print!("{}", manifest(&agent)?)
+        }
         BootstrapFormat::Systemd => print!("{}", systemd(&agent)),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_urls() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "https://localhost",
+            "http://[::1]:80/x",
+            "http://user@127.1.2.3",
+        ] {
+            assert!(super::is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "https://hub.example:8443",
+            "http://10.0.0.5:8080",
+            "http://[2001:db8::1]:80",
+        ] {
+            assert!(!super::is_loopback_url(url), "{url}");
+        }
+        assert!(super::agent_image().contains("skiff-agent"));
+    }
 }

@@ -62,14 +62,19 @@ pub enum Command {
         output: Output,
     },
     /// Write a cluster's desired bundles and envelopes to a folder, for an air-gapped site
-    /// (its agent imports them from its import folder or with `skiff-agent import`).
+    /// (its agent imports them from its import folder or with `skiff-agent import`); or one
+    /// channel's current bundle and envelope, to rebuild it and compare
+    /// (`skiff-hub bundle build … | cmp`).
     Export {
         /// The hub to talk to.
         #[command(flatten)]
         hub: HubArgs,
         /// The cluster.
+        #[arg(long, required_unless_present = "channel", conflicts_with = "channel")]
+        cluster: Option<String>,
+        /// One channel's current bundle instead.
         #[arg(long)]
-        cluster: String,
+        channel: Option<String>,
         /// Folder to write <sha256>.tar.gz and <sha256>.dsse.json into.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -377,7 +382,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Some(name) => runtime()?.block_on(admin::cluster_detail(&hub, &name, output)),
             None => runtime()?.block_on(admin::status(&hub, output)),
         },
-        Command::Export { hub, cluster, out } => runtime()?.block_on(admin::export(&hub, &cluster, &out)),
+        Command::Export {
+            hub,
+            cluster,
+            channel,
+            out,
+        } => match (cluster, channel) {
+            (Some(cluster), _) => runtime()?.block_on(admin::export(&hub, &cluster, &out)),
+            (None, Some(channel)) => runtime()?.block_on(admin::export_channel(&hub, &channel, &out)),
+            (None, None) => unreachable!("clap requires --cluster or --channel"),
+        },
         Command::Report(ReportCommand::Import { hub, file }) => {
             runtime()?.block_on(admin::import(&hub, &file))
         }
