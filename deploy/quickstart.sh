@@ -83,10 +83,14 @@ if [ -n "${KUBECONFIG:-}" ]; then
   target="kube"
   extra="kubeconfig: ${KUBECONFIG%%:*}"
   where="the cluster in $KUBECONFIG (namespace demo)"
+  drift_try="kubectl -n demo scale deployment web --replicas=5     # or: kubectl -n demo delete configmap web-config"
+  left_behind="the demo objects stay in the cluster (delete them with: kubectl delete namespace demo)"
 else
   target="dir:$work/cluster"
   extra=""
   where="$work/cluster/demo/"
+  drift_try="echo '{}' > $work/cluster/demo/demo/configmap.web-config.yaml"
+  left_behind="the files under $work/cluster stay"
 fi
 cat > "$work/agent.yaml" <<EOF
 hub: http://127.0.0.1:$port
@@ -119,7 +123,7 @@ commit, and the agent applies it to $where.
 
 Things to try (in another terminal):
   - Drift: edit or delete an applied object, e.g.
-      echo '{}' > $work/cluster/demo/demo/configmap.web-config.yaml
+      $drift_try
     within a few seconds the agent notices and puts it back (see $work/agent.log).
   - Roll out: change the fleet and commit, e.g.
       sed -i 's/replicas: 2/replicas: 3/' $work/fleet/apps/web/deployment.yaml
@@ -128,6 +132,7 @@ Things to try (in another terminal):
   - Status: SKIFF_HUB_URL=$SKIFF_HUB_URL SKIFF_HUB_ADMIN_TOKEN_FILE=$work/admin.token $hub status
             $agent status --data-dir $work/agent-data
 
-Ctrl-C stops the hub and the agent.
+Ctrl-C stops the hub and the agent. Left behind in $work (for the next run, which reuses
+it): keys, tokens, the fleet repository, the hub's and agent's stores; $left_behind.
 EOT
 wait

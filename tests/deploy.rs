@@ -220,6 +220,26 @@ fn bootstrap_prints_a_manifest_that_applies_with_the_token_only_in_the_secret() 
         assert!(host.contains(&format!("# ==> {path}")), "{path} missing:\n{host}");
     }
     assert!(host.contains("kubeconfig: /etc/rancher/k3s/k3s.yaml"), "{host}");
+
+    // Or written as files, with their modes.
+    let root = tmp.path().join("root");
+    hub.admin(&[
+        "cluster",
+        "bootstrap",
+        "edge-10",
+        "--format",
+        "systemd",
+        "--out",
+        root.to_str().unwrap(),
+    ])
+    .success();
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &str| std::fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("etc/skiff/token"), 0o600);
+    assert_eq!(mode("etc/skiff/agent.yaml"), 0o644);
+    assert!(root.join("etc/systemd/system/skiff-agent.service").exists());
+    let refused = hub.admin(&["cluster", "bootstrap", "edge-11", "--out", root.to_str().unwrap()]);
+    assert!(refused.stderr.contains("--format systemd"), "{}", refused.stderr);
 }
 
 fn skiff_agent_config_parses(text: &str) {

@@ -149,7 +149,9 @@ impl Sources {
 
     /// Fetches a repository and builds its channels (blocking).
     pub fn sync(&self, repo: &RepoConfig) -> Result<(), FetchError> {
+        let started = std::time::Instant::now();
         let mirror = self.fetch(repo)?;
+        tracing::debug!(repo = %repo.name, elapsed_ms = started.elapsed().as_millis() as u64, "Fetched");
         for channel in self.config.channels.iter().filter(|c| c.repo == repo.name) {
             self.build_channel(&mirror, channel);
         }
@@ -284,12 +286,14 @@ impl Sources {
             channel.namespace.as_deref().unwrap_or("")
         );
         if record.built_from.as_deref() == Some(input_key.as_str()) {
+            tracing::debug!(channel = %channel.name, commit = %commit, generation = record.generation, "Commit already built with these settings; nothing to do");
             if record.last_seen_commit.as_deref() != Some(commit.as_str()) {
                 record.last_seen_commit = Some(commit);
                 let _ = self.fleet.set_channel(&channel.name, record);
             }
             return;
         }
+        tracing::debug!(channel = %channel.name, commit = %commit, "New commit or settings: building");
         let request = BuildRequest {
             input: Input::Git {
                 repo: mirror.to_owned(),

@@ -86,7 +86,7 @@ pub struct Verified {
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// Step 1: the envelope is not readable.
-    #[error("envelope: {0}")]
+    #[error("{0}")]
     Envelope(#[from] DsseError),
     /// Step 2: not a skiff statement.
     #[error("envelope payloadType is {found:?}, expected {PAYLOAD_TYPE:?}")]

@@ -147,10 +147,20 @@ pub(super) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                     Some(serde_json::json!({"name": name, "labels": labels})),
                 )
                 .await?;
-            eprintln!(
-                "registered cluster {} (the token below is shown only once)",
-                r.cluster
-            );
+            // The token goes to stdout (alone, for `> file`); say so without promising
+            // it is "below" when stdout is redirected.
+            use std::io::IsTerminal as _;
+            if std::io::stdout().is_terminal() {
+                eprintln!(
+                    "registered cluster {} (its token, below, is shown only once)",
+                    r.cluster
+                );
+            } else {
+                eprintln!(
+                    "registered cluster {} (its token went to standard output; it is shown only once)",
+                    r.cluster
+                );
+            }
             println!("{}", r.token);
         }
         ClusterCommand::List { hub, output } => {
@@ -224,8 +234,17 @@ pub(super) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             labels,
             hub_url,
             format,
+            out,
         } => {
-            super::bootstrap::bootstrap(&hub, &name, &parse_labels(&labels)?, hub_url, format).await?;
+            super::bootstrap::bootstrap(
+                &hub,
+                &name,
+                &parse_labels(&labels)?,
+                hub_url,
+                format,
+                out.as_deref(),
+            )
+            .await?;
         }
         ClusterCommand::RotateToken { hub, name } => {
             let r: TokenResponse = hub

@@ -148,31 +148,67 @@ fn manifest(a: &Agent) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The files of a host install: (absolute path, mode, content).
+fn systemd_files(a: &Agent) -> Vec<(String, u32, String)> {
+    let mut files = vec![
+        (
+            "/etc/skiff/agent.yaml".to_owned(),
+            0o644,
+            agent_yaml(a, "/etc/skiff/token", "/etc/skiff", false),
+        ),
+        ("/etc/skiff/token".to_owned(), 0o600, format!("{}\n", a.token)),
+    ];
+    for (i, k) in a.keys.iter().enumerate() {
+        files.push((format!("/etc/skiff/{}", key_file(i)), 0o644, k.clone()));
+    }
+    if let Some(ca) = &a.ca {
+        files.push(("/etc/skiff/ca.crt".to_owned(), 0o644, ca.clone()));
+    }
+    files.push((
+        "/etc/systemd/system/skiff-agent.service".to_owned(),
+        0o644,
+        AGENT_UNIT.to_owned(),
+    ));
+    files
+}
+
 fn systemd(a: &Agent) -> String {
     let mut out = format!(
         "# skiff agent for cluster {} on a host (e.g. a k3s node). Write each file below, then:\n#   systemctl daemon-reload && systemctl enable --now skiff-agent\n",
         a.cluster
     );
-    let mut file = |path: &str, mode: &str, body: &str| {
-        out.push_str(&format!("\n# ==> {path} (mode {mode})\n{}", body));
+    for (path, mode, body) in systemd_files(a) {
+        out.push_str(&format!("\n# ==> {path} (mode {mode:04o})\n{body}"));
         if !body.ends_with('\n') {
             out.push('\n');
         }
-    };
-    file(
-        "/etc/skiff/agent.yaml",
-        "0644",
-        &agent_yaml(a, "/etc/skiff/token", "/etc/skiff", false),
-    );
-    file("/etc/skiff/token", "0600", &format!("{}\n", a.token));
-    for (i, k) in a.keys.iter().enumerate() {
-        file(&format!("/etc/skiff/{}", key_file(i)), "0644", k);
     }
-    if let Some(ca) = &a.ca {
-        file("/etc/skiff/ca.crt", "0644", ca);
-    }
-    file("/etc/systemd/system/skiff-agent.service", "0644", AGENT_UNIT);
     out
+}
+
+/// Writes the host install's files beneath `root` (`root/etc/skiff/…`) with their modes;
+/// `--out /` installs them in place.
+fn write_systemd(a: &Agent, root: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    for (path, mode, body) in systemd_files(a) {
+        let target = root.join(path.trim_start_matches('/'));
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&target)
+            .with_context(|| format!("writing {}", target.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(body.as_bytes())?;
+        eprintln!("wrote {} (mode {mode:04o})", target.display());
+    }
+    eprintln!("then: systemctl daemon-reload && systemctl enable --now skiff-agent");
+    Ok(())
 }
 
 /// The image the agent's Deployment runs (from the kustomize base).
@@ -205,7 +241,11 @@ pub async fn bootstrap(
     labels: &BTreeMap<String, String>,
     hub_url: Option<String>,
     format: BootstrapFormat,
+    out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    if out.is_some() && format != BootstrapFormat::Systemd {
+        anyhow::bail!("--out writes the files of a host install: use it with --format systemd");
+    }
     let trust: TrustResponse = hub.client()?.json(Method::GET, "/v1/admin/trust", None).await?;
     let url = hub_url.unwrap_or(trust.public_url);
     // Checked before anything is registered: a refused bootstrap changes nothing.
@@ -236,7 +276,10 @@ pub async fn bootstrap(
             );
             print!("{}", manifest(&agent)?)
         }
-        BootstrapFormat::Systemd => print!("{}", systemd(&agent)),
+        BootstrapFormat::Systemd => match out {
+            Some(root) => write_systemd(&agent, root)?,
+            None => print!("{}", systemd(&agent)),
+        },
     }
     Ok(())
 }

@@ -226,6 +226,10 @@ pub enum ClusterCommand {
         /// What to print.
         #[arg(long, value_enum, default_value_t = bootstrap::BootstrapFormat::Kube)]
         format: bootstrap::BootstrapFormat,
+        /// With --format systemd: write the files beneath DIR (DIR/etc/skiff/…, with their
+        /// modes; `--out /` installs them) instead of printing them.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Give a cluster a new token (printed alone on stdout); the old one stops working.
     RotateToken {
