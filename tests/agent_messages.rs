@@ -150,6 +150,21 @@ fn an_untargeted_channel_is_kept_and_no_longer_enforced() {
         "{}",
         proc.log()
     );
+    // A file nobody of skiff's wrote in the channel's folder is named in the log, left alone.
+    let stray = target.join("demo/demo/someone-elses.yaml");
+    std::fs::write(&stray, "kind: Note\n").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(20), || proc
+            .log()
+            .contains("someone-elses.yaml")),
+        "{}",
+        proc.log()
+    );
+    assert!(
+        proc.log()
+            .contains("Files in the channel's folder that skiff did not write")
+    );
+    assert!(stray.exists());
     hub.admin(&["cluster", "label", "edge-1", "env-"]).success();
     assert!(
         wait_for(Duration::from_secs(20), || proc
@@ -168,4 +183,40 @@ fn an_untargeted_channel_is_kept_and_no_longer_enforced() {
     let status = hub.admin(&["status"]).success().stdout;
     assert!(status.contains("untargeted (kept, not enforced)"), "{status}");
     proc.kill();
+}
+
+/// JSON logs carry message and level at the top level (what log shippers index).
+#[test]
+fn json_logs_have_message_and_level_at_the_top() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &tmp.path().join("agent"),
+        "edge-1",
+        &key(&tmp.path().join("keys")),
+        &format!("dir:{}", tmp.path().join("out").display()),
+        &format!("import_dir: {}\n", tmp.path().join("usb").display()),
+    );
+    let log = tmp.path().join("json.log");
+    let mut child = std::process::Command::new(skiff_tests::bin("skiff-agent"))
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Agent starting"))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["message"], "Agent starting", "{line}");
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["cluster"], "edge-1", "{line}");
 }

@@ -90,6 +90,8 @@ pub struct Agent {
     refused_imports: std::sync::Mutex<HashMap<PathBuf, ImportStamp>>,
     /// Channels the hub stopped assigning (kept, not enforced), said once each.
     unenforced: std::sync::Mutex<HashSet<String>>,
+    /// Stray files last said per channel (said again only when they change).
+    stray: std::sync::Mutex<HashMap<String, Vec<String>>>,
     retries: std::sync::Mutex<HashMap<String, (u32, Instant)>>,
     /// When `status.json`/`outbox.json` were last written, and whether they are stale.
     snapshot: std::sync::Mutex<(Instant, bool)>,
@@ -181,6 +183,7 @@ impl Agent {
             rejected: std::sync::Mutex::new(HashSet::new()),
             refused_imports: std::sync::Mutex::new(HashMap::new()),
             unenforced: std::sync::Mutex::new(HashSet::new()),
+            stray: std::sync::Mutex::new(HashMap::new()),
             retries: std::sync::Mutex::new(HashMap::new()),
             snapshot: std::sync::Mutex::new((Instant::now() - SNAPSHOT_EVERY, false)),
             apply_lock: tokio::sync::Mutex::new(()),
@@ -633,6 +636,13 @@ impl Agent {
         }
         for e in &checked.errors {
             warn!(channel, error = %e, "Drift check of an object failed");
+        }
+        if !checked.stray.is_empty() {
+            let mut seen = self.stray.lock().expect("stray");
+            if seen.get(channel) != Some(&checked.stray) {
+                warn!(channel, files = ?checked.stray, "Files in the channel's folder that skiff did not write (left alone)");
+                seen.insert(channel.to_owned(), checked.stray.clone());
+            }
         }
         if !checked.drift.is_empty() || health_changed {
             let mut r = Self::base_report(channel, ReportOutcome::Checked);

@@ -112,10 +112,12 @@ impl DirApplier {
     /// `heal` allows. Files carry no status, so every object counts as healthy.
     pub fn check(&self, channel: &str, bundle: &Bundle, heal: bool) -> Checked {
         let mut checked = Checked::default();
+        let mut expected = std::collections::BTreeSet::new();
         let result = Self::each_object(channel, bundle, |o| {
             let Ok(path) = self.path_of(channel, &o.id) else {
                 return; // never applied either (see `apply`)
             };
+            expected.insert(path.clone());
             let want = Self::text(&o);
             let kind = match std::fs::read(&path) {
                 Err(_) => Some("missing"),
@@ -140,7 +142,33 @@ impl DirApplier {
         if let Err(outcome) = result {
             checked.errors = outcome.errors.iter().map(|e| e.message.clone()).collect();
         }
+        checked.stray = self.stray_files(channel, &expected);
         checked
+    }
+
+    /// Files beneath `PATH/<channel>/` that no object of the bundle accounts for (at most
+    /// 100 named): someone else writes there.
+    fn stray_files(&self, channel: &str, expected: &std::collections::BTreeSet<PathBuf>) -> Vec<String> {
+        let mut out = Vec::new();
+        let Ok(scopes) = std::fs::read_dir(self.root.join(channel)) else {
+            return out;
+        };
+        for scope in scopes.flatten() {
+            let files: Vec<PathBuf> = match std::fs::read_dir(scope.path()) {
+                Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+                Err(_) => vec![scope.path()], // a file where a folder belongs
+            };
+            for f in files {
+                let temp = f
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX));
+                if !temp && !expected.contains(&f) && out.len() < 100 {
+                    out.push(f.display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Writes every object of the bundle, file by file, then removes what `previous` had

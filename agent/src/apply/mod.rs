@@ -56,6 +56,8 @@ pub struct Checked {
     pub health: Vec<Health1>,
     /// Objects that could not be checked.
     pub errors: Vec<String>,
+    /// Files in a `dir` target's channel folder that skiff did not write.
+    pub stray: Vec<String>,
 }
 
 /// Kinds that are cluster-scoped among the built-in ones (used where no discovery is at
