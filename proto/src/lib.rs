@@ -7,7 +7,9 @@
 //! - [`verify`]: the trust set and the numbered verification steps of `FORMAT.md`.
 //! - [`manifest`]: Kubernetes manifests read the way Kubernetes reads them.
 //!
-//! No I/O here beyond readers and writers handed in by the caller, and no async runtime.
+//! No I/O here beyond readers and writers handed in by the caller, and no async runtime;
+//! the two small helpers both binaries' `main` uses ([`error_chain`],
+//! [`exit_quietly_when_stdout_closes`]) are the exception.
 
 pub mod api;
 pub mod bundle;
@@ -20,6 +22,25 @@ pub mod statement;
 pub mod verify;
 
 pub use digest::Sha256Digest;
+
+/// For the command-line tools: a write to a closed standard output (`skiff-hub status |
+/// head`) ends the process quietly with success: the reader chose to stop, nothing failed.
+/// Other panics go to the default hook.
+pub fn exit_quietly_when_stdout_closes() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
+}
 
 /// An error and its causes in one line, each said once: a cause whose text the message so
 /// far already holds is left out (many errors repeat their source in their own message).
