@@ -306,11 +306,10 @@ impl Agent {
             (Ok(s), ChannelPolicy::Assigned) => self.check_assigned(&s.channel),
             _ => Ok(()),
         };
-        let verified = match statement
-            .and_then(|_| verify_bundle(&self.trust, envelope_json, &tarball, &policy))
-            .map_err(|e| e.to_string())
-            .and_then(|v| assigned.map(|()| v))
-        {
+        // An unassigned channel is refused before its bundle is read.
+        let verified = match statement.map_err(|e| e.to_string()).and(assigned).and_then(|()| {
+            verify_bundle(&self.trust, envelope_json, &tarball, &policy).map_err(|e| e.to_string())
+        }) {
             Ok(v) => v,
             Err(error) => {
                 let digest = Sha256Digest::of(&tarball);
