@@ -157,9 +157,14 @@ async fn a_fresh_agent_prunes_from_the_inventory_configmap() {
 }
 
 #[tokio::test]
-async fn server_errors_are_retried() {
+async fn server_errors_are_retried_needs_fault_injection() {
     let c = TestCluster::start().await;
-    let Some(server) = &c.server else { return }; // fault injection needs the test server
+    let Some(server) = c.test_server_only(
+        "server_errors_are_retried_needs_fault_injection",
+        "fault injection",
+    ) else {
+        return;
+    };
     let st = setup(&c);
     // 503 and 429 are retried by the client itself; the agent retries whole applies too.
     server.fail_next_apply(3, 503, "/deployments/web", "skiff");
@@ -171,9 +176,14 @@ async fn server_errors_are_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_running_agent_retries_a_500_until_the_bundle_applies() {
+async fn the_running_agent_retries_a_500_until_the_bundle_applies_needs_fault_injection() {
     let c = TestCluster::start().await;
-    let Some(server) = &c.server else { return };
+    let Some(server) = c.test_server_only(
+        "the_running_agent_retries_a_500_until_the_bundle_applies_needs_fault_injection",
+        "fault injection",
+    ) else {
+        return;
+    };
     let st = setup(&c);
     let (b, e) = skiff_tests::build_bundle(&st.apps, &st.key, &st.tmp.path().join("out"), "demo", 1);
     let import = st.tmp.path().join("usb");

@@ -279,10 +279,16 @@ fn the_import_folder_waits_for_whole_pairs_and_refuses_bad_ones() {
 }
 
 #[tokio::test]
-async fn kill_9_during_applies_leaves_a_store_that_opens_and_converges_without_losing_reports() {
+async fn kill_9_during_applies_leaves_a_store_that_opens_and_converges_without_losing_reports_needs_latency_injection()
+ {
     use k8s_openapi::api::core::v1::ConfigMap;
     let c = skiff_tests::cluster::TestCluster::start().await;
-    let Some(server) = &c.server else { return }; // needs the test server's latency knob
+    let Some(server) = c.test_server_only(
+        "kill_9_during_applies_leaves_a_store_that_opens_and_converges_without_losing_reports_needs_latency_injection",
+        "latency injection (so kills land mid-apply)",
+    ) else {
+        return;
+    };
     // Slow enough that kills land mid-apply.
     server.set_latency(Duration::from_millis(2));
     let tmp = tempfile::tempdir().unwrap();

@@ -156,8 +156,13 @@ async fn create_get_list_update_delete_with_resource_versions() {
         .await
         .expect("list");
     assert_eq!(names(by_field), ["two"]);
-    let all = api.list(&ListParams::default()).await.expect("list");
-    assert!(names(all).starts_with(&["one".to_owned(), "two".to_owned()]));
+    // A real cluster's controllers add objects of their own (kube-root-ca.crt): look only
+    // for ours.
+    let all = names(api.list(&ListParams::default()).await.expect("list"));
+    assert!(
+        all.contains(&"one".to_owned()) && all.contains(&"two".to_owned()),
+        "{all:?}"
+    );
 
     let mut changed = api.get("one").await.unwrap();
     changed.data = Some([("a".to_owned(), "changed".to_owned())].into());
@@ -615,5 +620,28 @@ async fn invalid_requests_get_status_errors_with_the_right_codes() {
             .await,
     );
     assert_eq!((code, reason.as_str()), (400, "BadRequest"));
+    cleanup(&c, &ns).await;
+}
+
+/// A new namespace gets the `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap
+/// from the cluster's controllers (on a real cluster within moments).
+#[tokio::test]
+async fn new_namespaces_get_their_default_service_account_and_root_ca() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns);
+    let sas: Api<ServiceAccount> = Api::namespaced(c.client.clone(), &ns);
+    let there = eventually(Duration::from_secs(30), || async {
+        cms.get_opt("kube-root-ca.crt").await.is_ok_and(|o| o.is_some())
+            && sas.get_opt("default").await.is_ok_and(|o| o.is_some())
+    })
+    .await;
+    assert!(
+        there,
+        "namespace {ns} has no kube-root-ca.crt or default ServiceAccount"
+    );
+    let ca = cms.get("kube-root-ca.crt").await.unwrap();
+    assert!(ca.data.unwrap_or_default().contains_key("ca.crt"));
     cleanup(&c, &ns).await;
 }

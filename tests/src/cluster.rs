@@ -21,6 +21,22 @@ pub struct TestCluster {
     _dir: tempfile::TempDir,
 }
 
+impl TestCluster {
+    /// The test server, for a test that needs what only it offers (fault or latency
+    /// injection, writing status as a controller would); `None` against a real cluster,
+    /// after saying on stderr (past the harness's capture) that `test` was skipped and why.
+    pub fn test_server_only(&self, test: &str, needs: &str) -> Option<&KubeTestServer> {
+        if self.server.is_none() {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "SKIPPED {test} on a real cluster: it needs {needs}, which only the test server offers"
+            );
+        }
+        self.server.as_ref()
+    }
+}
+
 /// Installs rustls' ring provider once (as `main` does in the binaries).
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();

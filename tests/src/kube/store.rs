@@ -796,7 +796,33 @@ impl State {
             self.types.retain(|t| t.crd.as_deref() != Some(name));
             self.types.extend(types);
         }
+        if old.is_none() && rt.kind == "Namespace" && rt.group.is_empty() {
+            self.bootstrap_namespace(name);
+        }
         Ok(out)
+    }
+
+    /// What a real cluster's controllers put in every new namespace: the `default`
+    /// ServiceAccount and the `kube-root-ca.crt` ConfigMap (so no test may assume a
+    /// namespace holds only what it created).
+    fn bootstrap_namespace(&mut self, ns: &str) {
+        let bodies = [
+            (
+                "serviceaccounts",
+                json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+            ),
+            (
+                "configmaps",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt",
+                    "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+                    "data": {"ca.crt": "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIBADAKBggqhkjOPQQDAjAjMSEwHwYDVQQDDBhrM3Mtc2Vy\n-----END CERTIFICATE-----\n"}}),
+            ),
+        ];
+        for (plural, body) in bodies {
+            let rt = self.find("", "v1", plural).expect("a built-in kind");
+            // A new namespace holds nothing yet, so these cannot collide.
+            let _ = self.create(&rt, Some(ns), body, "kube-controller-manager", false);
+        }
     }
 
     /// DELETE one object; deleting a Namespace deletes what is in it, deleting a CRD its
