@@ -375,3 +375,55 @@ fn a_bundle_at_the_caps_applies_under_the_shipped_memory_limit() {
         "peak RSS {peak} KiB over the shipped limit of {limit} KiB"
     );
 }
+
+/// Older generations left on an import medium are skipped quietly at every start: not
+/// rejected, not reported, not moved.
+#[test]
+fn older_generations_on_the_medium_are_skipped_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let public = write_key(&tmp.path().join("keys"), &key);
+    let target = tmp.path().join("out");
+    let usb = tmp.path().join("usb");
+    let (old, _) = signed_pair(
+        &usb,
+        "demo",
+        1,
+        &BTreeMap::from([("a.yaml".into(), cm("a"))]),
+        &key,
+    );
+    let config = write_config(
+        &tmp.path().join("agent"),
+        "edge-1",
+        &public,
+        &format!("dir:{}", target.display()),
+        &format!("import_dir: {}\nchannels: {{demo: {{}}}}\n", usb.display()),
+    );
+    let mut proc = AgentProcess::start(&config);
+    assert!(
+        wait_for(WAIT, || target.join("demo/demo/configmap.a.yaml").exists()),
+        "{}",
+        proc.log()
+    );
+    signed_pair(
+        &usb,
+        "demo",
+        2,
+        &BTreeMap::from([("b.yaml".into(), cm("b"))]),
+        &key,
+    );
+    assert!(
+        wait_for(WAIT, || target.join("demo/demo/configmap.b.yaml").exists()),
+        "{}",
+        proc.log()
+    );
+    proc.kill();
+    let before = proc.log().len();
+    proc.spawn();
+    std::thread::sleep(Duration::from_secs(5)); // two scans after the restart
+    let log = proc.log()[before..].to_owned();
+    proc.kill();
+    assert!(!log.contains("rejected") && !log.contains("refused"), "{log}");
+    assert!(old.exists(), "left where it is");
+    assert!(target.join("demo/demo/configmap.b.yaml").exists());
+}

@@ -447,3 +447,48 @@ async fn corpus_sets_show_no_drift_across_ten_checks() {
         }
     }
 }
+
+/// Healing follows the apply's order: a deleted Namespace comes back before what lives in
+/// it, so one check restores all of it (with no errors for objects in a namespace that did
+/// not exist yet).
+#[tokio::test]
+async fn a_deleted_namespace_is_healed_with_its_objects_in_one_check() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let c = TestCluster::start().await;
+    let st = setup(&c);
+    let namespaces: Api<Namespace> = Api::all(c.client.clone());
+    namespaces.delete("demo", &Default::default()).await.unwrap();
+    // A real cluster finalizes a namespace asynchronously: wait until it is gone.
+    let gone = skiff_tests::cluster::eventually(std::time::Duration::from_secs(120), || async {
+        namespaces.get_opt("demo").await.is_ok_and(|n| n.is_none())
+    })
+    .await;
+    assert!(gone, "namespace demo was not deleted");
+    let healed = check(&st, "--heal");
+    assert!(
+        healed["demo"]["errors"].as_array().is_none_or(|e| e.is_empty()),
+        "{healed}"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "demo");
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    assert!(cms.get_opt("web-config").await.unwrap().is_some(), "{healed}");
+    assert!(deployments.get_opt("web").await.unwrap().is_some(), "{healed}");
+}
+
+/// Discovery asks each group-version once, however many of its kinds a bundle holds.
+#[tokio::test]
+async fn discovery_asks_each_group_version_once() {
+    let c = TestCluster::start().await;
+    let Some(server) = c.test_server_only("discovery_asks_each_group_version_once", "the request log") else {
+        return;
+    };
+    let _st = setup(&c);
+    let requests = server.requests();
+    for gv in ["GET /api/v1", "GET /apis/apps/v1"] {
+        let n = requests
+            .iter()
+            .filter(|r| r.as_str() == gv || r.starts_with(&format!("{gv}?")))
+            .count();
+        assert!(n <= 1, "{gv} asked {n} times:\n{}", requests.join("\n"));
+    }
+}

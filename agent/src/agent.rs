@@ -72,6 +72,14 @@ pub enum Offered {
     Unchanged,
     /// Did not verify; nothing changed.
     Rejected(String),
+    /// An older generation than the one accepted (left on an import medium): nothing to do,
+    /// and nothing to report.
+    Older {
+        /// The generation offered.
+        offered: u64,
+        /// The generation accepted.
+        accepted: u64,
+    },
 }
 
 /// The agent.
@@ -587,7 +595,7 @@ impl Agent {
         heal: bool,
         inventory: &[ObjectRef],
     ) -> Checked {
-        let mut checked = self.inspect_all(channel, bundle, heal).await;
+        let mut checked = self.inspect_all(channel, bundle, heal, inventory).await;
         // Objects that never applied (their apply failed, and was reported) are not drift.
         let applied: std::collections::BTreeSet<&ObjectRef> = inventory.iter().collect();
         checked.drift.retain(|d| applied.contains(&d.object));
@@ -595,12 +603,21 @@ impl Agent {
         checked
     }
 
-    async fn inspect_all(&self, channel: &str, bundle: &skiff_proto::bundle::Bundle, heal: bool) -> Checked {
+    async fn inspect_all(
+        &self,
+        channel: &str,
+        bundle: &skiff_proto::bundle::Bundle,
+        heal: bool,
+        inventory: &[ObjectRef],
+    ) -> Checked {
         match &self.applier {
-            Applier::Kube(k) => k.check(channel, bundle, heal).await.unwrap_or_else(|o| Checked {
-                errors: o.errors.iter().map(|e| e.message.clone()).collect(),
-                ..Checked::default()
-            }),
+            Applier::Kube(k) => k
+                .check(channel, bundle, heal, inventory)
+                .await
+                .unwrap_or_else(|o| Checked {
+                    errors: o.errors.iter().map(|e| e.message.clone()).collect(),
+                    ..Checked::default()
+                }),
             Applier::Dir(d) => d.check(channel, bundle, heal),
         }
     }
@@ -736,7 +753,15 @@ impl Agent {
     /// Imports one bundle/envelope pair from files. The envelope is read (within its cap)
     /// and its signature checked first; the bundle is read only if it is exactly as large as
     /// the signed statement says, and within the format's caps.
-    pub async fn import_files(&self, bundle: &PathBuf, envelope: &PathBuf) -> anyhow::Result<Offered> {
+    /// `from_folder`: the pair sits in the import folder, where an older generation is
+    /// history left on the medium (skipped quietly) rather than a rollback someone asked for
+    /// (refused and reported).
+    pub async fn import_files(
+        &self,
+        bundle: &PathBuf,
+        envelope: &PathBuf,
+        from_folder: bool,
+    ) -> anyhow::Result<Offered> {
         let env_len = std::fs::metadata(envelope)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", envelope.display()))?
             .len();
@@ -760,6 +785,20 @@ impl Agent {
             Ok(s) => s,
             Err(error) => return self.refuse_import(bundle, format!("{}: {error}", envelope.display())),
         };
+        // Media keep older bundles around: below the accepted generation they are history,
+        // not an attack; skipped quietly, the bundle never read.
+        let accepted = self
+            .store
+            .channel(&statement.channel)?
+            .accepted
+            .map(|a| a.generation);
+        if let Some(accepted) = accepted.filter(|a| from_folder && statement.generation < *a) {
+            tracing::debug!(channel = %statement.channel, offered = statement.generation, accepted, file = %bundle.display(), "Older generation on the import medium; skipped");
+            return Ok(Offered::Older {
+                offered: statement.generation,
+                accepted,
+            });
+        }
         let on_disk = std::fs::metadata(bundle)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", bundle.display()))?
             .len();
@@ -994,7 +1033,14 @@ impl Agent {
                 if seen || digest.is_some_and(|d| self.rejected.lock().expect("rejected").contains(&d)) {
                     continue;
                 }
-                match self.import_files(&pair.bundle, &pair.envelope).await {
+                match self.import_files(&pair.bundle, &pair.envelope, true).await {
+                    Ok(Offered::Older { .. }) => {
+                        // Not looked at again while unchanged; left where it is.
+                        self.refused_imports
+                            .lock()
+                            .expect("imports")
+                            .insert(pair.bundle.clone(), pair.stamp);
+                    }
                     Ok(Offered::Rejected(_)) => {
                         // Reported once; set aside and not read again while unchanged.
                         let mut refused = self.refused_imports.lock().expect("imports");

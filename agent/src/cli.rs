@@ -264,9 +264,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.hub = None; // import works offline; reports wait in the outbox
             runtime()?.block_on(async {
                 let agent = Agent::new(config).await?;
-                match agent.import_files(&bundle, &envelope).await? {
+                match agent.import_files(&bundle, &envelope, false).await? {
                     Offered::Applied => println!("imported and applied {}", bundle.display()),
                     Offered::Unchanged => println!("{} is already applied", bundle.display()),
+                    Offered::Older { offered, accepted } => anyhow::bail!(
+                        "{} rejected: generation {offered} is older than the accepted generation {accepted} (to roll back, commit the old content: it becomes a new generation)",
+                        bundle.display()
+                    ),
                     Offered::Failed(why) => anyhow::bail!("imported, but applying failed: {why}"),
                     Offered::Rejected(why) => anyhow::bail!("{} rejected: {why}", bundle.display()),
                 }

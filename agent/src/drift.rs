@@ -159,6 +159,23 @@ pub fn object_health(live: &Value) -> (&'static str, Option<String>) {
             }
             ("Progressing", Some("job running".to_owned()))
         }
+        // An aggregated API: Available says whether its backend answers.
+        "APIService" => match condition("Available") {
+            Some(c) if c["status"] == "True" => ("Healthy", None),
+            Some(c) => (
+                "Degraded",
+                Some(
+                    format!(
+                        "not Available: {} {}",
+                        c["reason"].as_str().unwrap_or(""),
+                        c["message"].as_str().unwrap_or("")
+                    )
+                    .trim_end()
+                    .to_owned(),
+                ),
+            ),
+            None => ("Progressing", Some("no Available condition yet".to_owned())),
+        },
         _ => match condition("Ready") {
             Some(c) if c["status"] == "True" => ("Healthy", None),
             Some(c) => (
@@ -226,6 +243,19 @@ mod tests {
         );
         assert_eq!(d[0].path, ".data.k");
         assert!(d[0].desired.is_none() && d[0].live.is_none());
+    }
+
+    #[test]
+    fn an_apiservice_is_healthy_only_when_available() {
+        let svc = |status: &str| {
+            json!({"kind": "APIService", "status": {"conditions": [
+                {"type": "Available", "status": status, "reason": "MissingEndpoints", "message": "no endpoints"}]}})
+        };
+        assert_eq!(object_health(&svc("True")).0, "Healthy");
+        let (state, reason) = object_health(&svc("False"));
+        assert_eq!(state, "Degraded");
+        assert!(reason.unwrap().contains("MissingEndpoints"));
+        assert_eq!(object_health(&json!({"kind": "APIService"})).0, "Progressing");
     }
 
     #[test]

@@ -73,9 +73,19 @@ impl KubeApplier {
         if let Some(hit) = self.kinds.lock().expect("kinds").get(&key) {
             return Ok(hit.clone());
         }
-        let found = kube::discovery::pinned_kind(&self.client, &gvk_of(api_version, kind)).await?;
-        self.kinds.lock().expect("kinds").insert(key, found.clone());
-        Ok(found)
+        // One discovery request per group-version: every kind it serves is remembered.
+        let gvk = gvk_of(api_version, kind);
+        let gv = kube::core::GroupVersion::gv(&gvk.group, &gvk.version);
+        let group = kube::discovery::pinned_group(&self.client, &gv).await?;
+        let mut kinds = self.kinds.lock().expect("kinds");
+        for (ar, caps) in group.versioned_resources(&gvk.version) {
+            kinds.insert((api_version.to_owned(), ar.kind.clone()), (ar, caps));
+        }
+        kinds.get(&key).cloned().ok_or_else(|| {
+            kube::Error::Discovery(kube::error::DiscoveryError::MissingKind(format!(
+                "{api_version} {kind}"
+            )))
+        })
     }
 
     fn api(&self, ar: &ApiResource, caps: &ApiCapabilities, namespace: Option<&str>) -> Api<DynamicObject> {
@@ -260,14 +270,23 @@ impl KubeApplier {
 
     /// Compares every object of the bundle with the cluster (server-side dry-run apply vs
     /// live), re-applies drifted ones when `heal` allows, and reads their health.
-    pub async fn check(&self, channel: &str, bundle: &Bundle, heal: bool) -> Result<Checked, Outcome> {
-        self.check_with(channel, bundle, heal, true).await
+    /// Only objects in `inventory` (what applied) are looked at: one that never applied
+    /// was reported by its apply, and is no drift.
+    pub async fn check(
+        &self,
+        channel: &str,
+        bundle: &Bundle,
+        heal: bool,
+        inventory: &[ObjectRef],
+    ) -> Result<Checked, Outcome> {
+        self.check_with(channel, bundle, heal, true, Some(inventory))
+            .await
     }
 
     /// Reads health only (a GET per object, no dry-run): right after an apply, the live
     /// objects are what skiff just wrote.
     pub async fn health(&self, channel: &str, bundle: &Bundle) -> Result<Checked, Outcome> {
-        self.check_with(channel, bundle, false, false).await
+        self.check_with(channel, bundle, false, false, None).await
     }
 
     async fn check_with(
@@ -276,13 +295,29 @@ impl KubeApplier {
         bundle: &Bundle,
         heal: bool,
         compare: bool,
+        only: Option<&[ObjectRef]>,
     ) -> Result<Checked, Outcome> {
-        let (all, _duplicates) = split_duplicates(self.desired_objects(channel, bundle).await?);
-        let results: Vec<Result<(Option<Drift>, Health1), Failure>> = futures_util::stream::iter(all)
-            .map(|o| async move { self.check_one(&o, heal, compare).await })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+        let (mut all, _duplicates) = split_duplicates(self.desired_objects(channel, bundle).await?);
+        if let Some(only) = only {
+            let only: std::collections::BTreeSet<&ObjectRef> = only.iter().collect();
+            all.retain(|o| only.contains(&o.id));
+        }
+        // In the apply's phase order: a healed Namespace (or CRD) exists before what lives
+        // in it is healed, in the same round.
+        let mut results: Vec<Result<(Option<Drift>, Health1), Failure>> = Vec::new();
+        for phase in 0..=2u8 {
+            let batch: Vec<Desired> = all
+                .iter()
+                .filter(|o| super::phase(&o.id) == phase)
+                .cloned()
+                .collect();
+            let done: Vec<_> = futures_util::stream::iter(batch)
+                .map(|o| async move { self.check_one(&o, heal, compare).await })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            results.extend(done);
+        }
         let mut checked = Checked::default();
         for r in results {
             match r {
