@@ -251,3 +251,32 @@ async fn crds_larger_than_the_annotation_limit_apply() {
     let annotations = httproutes.metadata.annotations.unwrap_or_default();
     assert!(!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
 }
+
+/// A CRD is waited for (until Established) only when an object of the bundle uses it.
+#[tokio::test]
+async fn only_crds_the_bundle_uses_are_waited_for() {
+    let c = TestCluster::start().await;
+    let Some(server) = c.test_server_only("only_crds_the_bundle_uses_are_waited_for", "the request log")
+    else {
+        return;
+    };
+    let st = setup(&c);
+    std::fs::write(
+        st.apps.join("unused-crd.yaml"),
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gadgets.unused.skiff.dev}\nspec:\n  group: unused.skiff.dev\n  scope: Namespaced\n  names: {plural: gadgets, singular: gadget, kind: Gadget}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n",
+    )
+    .unwrap();
+    import(&st, 1).success();
+    let reads: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/"))
+        .collect();
+    // Both are read once for health after the apply; only the used one also by the wait.
+    let count = |name: &str| reads.iter().filter(|r| r.ends_with(name)).count();
+    assert_eq!(
+        count("gadgets.unused.skiff.dev") + 1,
+        count("widgets.example.skiff.dev"),
+        "{reads:?}"
+    );
+}

@@ -124,6 +124,7 @@ impl KubeApplier {
             ),
         );
         let deadline = Instant::now() + CRD_WAIT;
+        let mut pause = Duration::from_millis(100);
         loop {
             if let Ok(crd) = crds.get(name).await {
                 let established = crd
@@ -143,7 +144,9 @@ impl KubeApplier {
                     "CustomResourceDefinition {name} not Established after {CRD_WAIT:?}"
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            // Large CRDs are megabytes: ask less often the longer it takes.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -212,6 +215,14 @@ impl KubeApplier {
         // Objects defined twice are errors, reported after the rest is applied (no prune).
         let (all, duplicates) = split_duplicates(all);
 
+        // Kinds the bundle's objects use: a CRD is waited for only when one of them is its.
+        let used: std::collections::BTreeSet<(String, String)> = all
+            .iter()
+            .map(|o| {
+                let group = o.id.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+                (group.to_owned(), o.id.kind.clone())
+            })
+            .collect();
         for group in plan(all) {
             let results: Vec<(ObjectRef, Result<(), Failure>)> = futures_util::stream::iter(group.clone())
                 .map(|o| async move {
@@ -234,7 +245,21 @@ impl KubeApplier {
                 // Later waves and phases depend on this one.
                 return outcome;
             }
-            for crd in group.iter().filter(|o| o.id.kind == "CustomResourceDefinition") {
+            let needed = |crd: &&Desired| {
+                let of = |p: &str| {
+                    crd.value
+                        .pointer(p)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                used.contains(&(of("/spec/group"), of("/spec/names/kind")))
+            };
+            for crd in group
+                .iter()
+                .filter(|o| o.id.kind == "CustomResourceDefinition")
+                .filter(needed)
+            {
                 if let Err(message) = self.wait_established(&crd.id.name).await {
                     outcome.transient = true;
                     outcome.errors.push(ObjectError {
