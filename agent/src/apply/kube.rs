@@ -46,8 +46,31 @@ type Failure = (String, bool);
 pub fn describe(e: &kube::Error) -> Failure {
     match e {
         kube::Error::Api(s) => {
+            // Server-side apply answers 500 for a field the kind's schema lacks: no retry
+            // will change that, only a new bundle.
+            let unknown_field = s.message.contains("field not declared in schema")
+                || s.message.contains("failed to create typed patch object");
+            if unknown_field {
+                let reason = if s.reason.is_empty() {
+                    "Invalid"
+                } else {
+                    s.reason.as_str()
+                };
+                return (
+                    format!(
+                        "{} {reason}: a field is not in the kind's schema (a typo, or a CRD version that lacks it): {}",
+                        s.code, s.message
+                    ),
+                    false,
+                );
+            }
             let transient = s.code == 429 || s.code >= 500;
-            (format!("{} {}: {}", s.code, s.reason, s.message), transient)
+            let message = if s.message.is_empty() {
+                format!("{} {}: the server gave no message", s.code, s.reason)
+            } else {
+                format!("{} {}: {}", s.code, s.reason, s.message)
+            };
+            (message, transient)
         }
         other => (other.to_string(), true),
     }
@@ -504,5 +527,38 @@ impl KubeApplier {
             .ok()??;
         let text = cm.data.pointer("/data/objects")?.as_str()?.to_owned();
         serde_json::from_str(&text).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn unknown_fields_are_permanent_and_said_so() {
+        let (message, transient) = describe(&api_error(
+            500,
+            "",
+            ".spec.template.spec.containers[name=\"web\"].imagePullPolicyy: field not declared in schema",
+        ));
+        assert!(!transient);
+        assert!(
+            message.contains("not in the kind's schema") && message.contains("imagePullPolicyy"),
+            "{message}"
+        );
+        let (message, transient) = describe(&api_error(503, "ServiceUnavailable", ""));
+        assert!(transient);
+        assert!(message.contains("no message"), "{message}");
+        assert!(describe(&api_error(429, "TooManyRequests", "slow down")).1);
+        assert!(!describe(&api_error(422, "Invalid", "spec.selector: immutable")).1);
     }
 }
