@@ -492,3 +492,29 @@ async fn discovery_asks_each_group_version_once() {
         assert!(n <= 1, "{gv} asked {n} times:\n{}", requests.join("\n"));
     }
 }
+
+/// An object whose dry-run the server refuses (a failing admission webhook answers 500) is
+/// unknown with the server's reason: never counted as in sync.
+#[tokio::test]
+async fn objects_that_cannot_be_compared_are_unknown_not_in_sync_needs_fault_injection() {
+    let c = TestCluster::start().await;
+    let Some(server) = c.test_server_only(
+        "objects_that_cannot_be_compared_are_unknown_not_in_sync_needs_fault_injection",
+        "fault injection (a failing webhook)",
+    ) else {
+        return;
+    };
+    let st = setup(&c);
+    server.fail_next_apply(1, 500, "/configmaps/web-config", "skiff");
+    let found = check(&st, "--no-heal");
+    let unknown = found["demo"]["unknown"].as_array().cloned().unwrap_or_default();
+    assert_eq!(unknown.len(), 1, "{found}");
+    assert_eq!(unknown[0]["object"]["name"], "web-config");
+    assert!(unknown[0]["message"].as_str().unwrap().contains("500"), "{found}");
+    assert_eq!(found["demo"]["drift"], json!([]), "{found}");
+    assert_eq!(found["demo"]["health"]["state"], "Unknown", "{found}");
+    // The next check reaches the server again: in sync.
+    let again = check(&st, "--no-heal");
+    assert_eq!(again["demo"]["unknown"], json!([]), "{again}");
+    assert_ne!(again["demo"]["health"]["state"], "Unknown", "{again}");
+}

@@ -324,6 +324,19 @@ async fn why_a_cluster_or_channel_failed_is_in_the_text_status() {
         .await
         .unwrap();
     skiff_tests::assert_exposition_is_grouped(&metrics);
+
+    // A check that could not compare an object: counted as unknown, not in sync.
+    let mut checked = report(3, "checked", 1, "0 drifted, 1 unknown; health Unknown");
+    checked["unknown"] = serde_json::json!([{"object": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": "demo", "name": "web-config"},
+        "message": "500 InternalError: admission webhook \"policy.example\" failed"}]);
+    http.post(format!("{}/v1/clusters/edge-1/reports", hub.url()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!([checked]))
+        .send()
+        .await
+        .unwrap();
+    let text = hub.admin(&["status"]).success().stdout;
+    assert!(text.contains("(1 unknown)"), "{text}");
 }
 
 /// `export --channel` fetches a channel's current bundle; anyone with the commit rebuilds

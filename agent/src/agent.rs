@@ -280,6 +280,7 @@ impl Agent {
             duration_ms: None,
             drift: Vec::new(),
             health: None,
+            unknown: Vec::new(),
         }
     }
 
@@ -653,6 +654,10 @@ impl Agent {
         for e in &checked.errors {
             warn!(channel, error = %e, "Drift check of an object failed");
         }
+        for u in &checked.unknown {
+            warn!(channel, object = %u.object, error = %u.message, "Object could not be compared: unknown");
+        }
+        let unknown_changed = state.unknown != checked.unknown;
         if !checked.stray.is_empty() {
             let mut seen = self.stray.lock().expect("stray");
             if seen.get(channel) != Some(&checked.stray) {
@@ -660,21 +665,24 @@ impl Agent {
                 seen.insert(channel.to_owned(), checked.stray.clone());
             }
         }
-        if !checked.drift.is_empty() || health_changed {
+        if !checked.drift.is_empty() || health_changed || unknown_changed {
             let mut r = Self::base_report(channel, ReportOutcome::Checked);
             r.generation = Some(accepted.generation);
             r.sha256 = Some(accepted.sha256);
             r.commit = accepted.commit.clone();
             let corrected = checked.drift.iter().filter(|d| d.corrected).count();
             r.message = Some(format!(
-                "{} drifted object(s), {corrected} corrected; health {}",
+                "{} drifted object(s), {corrected} corrected, {} unknown; health {}",
                 checked.drift.len(),
+                checked.unknown.len(),
                 health.state
             ));
             r.drift = checked.drift.clone();
+            r.unknown = checked.unknown.clone();
             r.health = Some(health.clone());
             self.report(r);
         }
+        state.unknown = checked.unknown.clone();
         state.drift = checked.drift.iter().filter(|d| !d.corrected).cloned().collect();
         state.health = Some(health);
         state.checked = Some(Timestamp::now());

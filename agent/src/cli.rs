@@ -310,10 +310,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         for e in &checked.errors {
                             println!("  error: {e}");
                         }
+                        for u in &checked.unknown {
+                            println!("  unknown {}: {}", u.object, u.message);
+                        }
                     }
                     report.insert(
                         channel,
-                        serde_json::json!({"drift": checked.drift, "health": health, "errors": checked.errors}),
+                        serde_json::json!({"drift": checked.drift, "health": health, "errors": checked.errors, "unknown": checked.unknown}),
                     );
                 }
                 if output == Output::Json {

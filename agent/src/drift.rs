@@ -191,6 +191,8 @@ pub fn object_health(live: &Value) -> (&'static str, Option<String>) {
 pub fn roll_up(objects: &[(ObjectRef, &'static str, Option<String>)]) -> Health {
     let worst = if objects.iter().any(|o| o.1 == "Degraded") {
         "Degraded"
+    } else if objects.iter().any(|o| o.1 == "Unknown") {
+        "Unknown"
     } else if objects.iter().any(|o| o.1 == "Progressing") {
         "Progressing"
     } else {

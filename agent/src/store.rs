@@ -89,6 +89,9 @@ pub struct ChannelState {
     /// while applying): a bundle that keeps killing the agent is skipped at start.
     #[serde(default)]
     pub unfinished_applies: u32,
+    /// Objects the last check could not compare, with the reason.
+    #[serde(default)]
+    pub unknown: Vec<skiff_proto::api::ObjectError>,
 }
 
 /// Most bytes of reports the outbox holds; the oldest go first beyond it (the newest report

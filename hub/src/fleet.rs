@@ -87,6 +87,9 @@ pub struct ClusterChannelStatus {
     /// Drifted objects in the latest report that self-heal corrected.
     #[serde(default)]
     pub corrected: usize,
+    /// Objects the latest check could not compare (neither in sync nor drifted).
+    #[serde(default)]
+    pub unknown: usize,
     /// Health in the latest report.
     pub health: Option<String>,
     /// The drifted objects of the latest report, with paths and values.
@@ -704,6 +707,7 @@ impl Fleet {
                         message: report.and_then(|r| r.message.clone()),
                         drifted: report.map_or(0, |r| r.drift.iter().filter(|d| !d.corrected).count()),
                         corrected: report.map_or(0, |r| r.drift.iter().filter(|d| d.corrected).count()),
+                        unknown: report.map_or(0, |r| r.unknown.len()),
                         health: report.and_then(|r| r.health.as_ref().map(|h| h.state.clone())),
                         drift: report.map(|r| r.drift.clone()).unwrap_or_default(),
                         reported: report.map(|r| r.time),

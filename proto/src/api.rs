@@ -197,6 +197,10 @@ pub struct Report {
     /// Health after the apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// Objects a drift check could not compare (the server refused the dry-run, a webhook
+    /// is down …), with the reason: neither in sync nor drifted, but unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<ObjectError>,
 }
 
 impl Report {
@@ -222,6 +226,16 @@ impl Report {
             self.errors.truncate(MAX_REPORT_ITEMS);
         }
         for e in &mut self.errors {
+            cut(&mut e.message);
+        }
+        if self.unknown.len() > MAX_REPORT_ITEMS {
+            notes.push(format!(
+                "{} unknown objects, first {MAX_REPORT_ITEMS} kept",
+                self.unknown.len()
+            ));
+            self.unknown.truncate(MAX_REPORT_ITEMS);
+        }
+        for e in &mut self.unknown {
             cut(&mut e.message);
         }
         if self.drift.len() > MAX_REPORT_ITEMS {

@@ -42,6 +42,9 @@ fn gvk_of(api_version: &str, kind: &str) -> GroupVersionKind {
 /// Why a call failed, and whether retrying may help.
 type Failure = (String, bool);
 
+/// What comparing one object found: its drift, if any, and its health.
+type Compared = (Option<Drift>, Health1);
+
 /// A short message for a failed call, and whether retrying may help.
 pub fn describe(e: &kube::Error) -> Failure {
     match e {
@@ -352,7 +355,7 @@ impl KubeApplier {
         }
         // In the apply's phase order: a healed Namespace (or CRD) exists before what lives
         // in it is healed, in the same round.
-        let mut results: Vec<Result<(Option<Drift>, Health1), Failure>> = Vec::new();
+        let mut results: Vec<(ObjectRef, Result<Compared, Failure>)> = Vec::new();
         for phase in 0..=2u8 {
             let batch: Vec<Desired> = all
                 .iter()
@@ -360,23 +363,30 @@ impl KubeApplier {
                 .cloned()
                 .collect();
             let done: Vec<_> = futures_util::stream::iter(batch)
-                .map(|o| async move { self.check_one(&o, heal, compare).await })
+                .map(|o| async move { (o.id.clone(), self.check_one(&o, heal, compare).await) })
                 .buffer_unordered(CONCURRENCY)
                 .collect()
                 .await;
             results.extend(done);
         }
         let mut checked = Checked::default();
-        for r in results {
+        for (id, r) in results {
             match r {
                 Ok((drift, health)) => {
                     checked.drift.extend(drift);
                     checked.health.push(health);
                 }
-                Err((message, _)) => checked.errors.push(message),
+                // Neither in sync nor drifted: unknown, with the server's reason.
+                Err((message, _)) => {
+                    checked
+                        .health
+                        .push((id.clone(), "Unknown", Some(message.clone())));
+                    checked.unknown.push(ObjectError { object: id, message });
+                }
             }
         }
         checked.drift.sort_by(|a, b| a.object.cmp(&b.object));
+        checked.unknown.sort_by(|a, b| a.object.cmp(&b.object));
         Ok(checked)
     }
 

@@ -58,6 +58,8 @@ pub struct Checked {
     pub errors: Vec<String>,
     /// Files in a `dir` target's channel folder that skiff did not write.
     pub stray: Vec<String>,
+    /// Objects that could not be compared, with the reason (also in `health` as Unknown).
+    pub unknown: Vec<ObjectError>,
 }
 
 /// Kinds that are cluster-scoped among the built-in ones (used where no discovery is at

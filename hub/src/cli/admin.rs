@@ -359,10 +359,11 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
                     } else {
                         "untargeted (kept, not enforced)".to_owned()
                     },
-                    if ch.corrected > 0 {
-                        format!("{} ({} healed)", ch.drifted, ch.corrected)
-                    } else {
-                        ch.drifted.to_string()
+                    match (ch.corrected, ch.unknown) {
+                        (0, 0) => ch.drifted.to_string(),
+                        (c, 0) => format!("{} ({c} healed)", ch.drifted),
+                        (0, u) => format!("{} ({u} unknown)", ch.drifted),
+                        (c, u) => format!("{} ({c} healed, {u} unknown)", ch.drifted),
                     },
                     ch.health.clone().unwrap_or_else(|| "-".to_owned()),
                     match ch.result.as_deref() {
