@@ -280,3 +280,45 @@ async fn only_crds_the_bundle_uses_are_waited_for() {
         "{reads:?}"
     );
 }
+
+/// A new generation that changes an immutable field (a Deployment's selector) fails with a
+/// pointer to the opt-in, and is deleted and re-created once the object carries it.
+#[tokio::test]
+async fn an_immutable_change_needs_the_recreate_opt_in() {
+    let c = TestCluster::start().await;
+    let st = setup(&c);
+    import(&st, 1).success();
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    let before = deployments.get("web").await.unwrap().metadata.uid;
+    let path = st.apps.join("web/deployment.yaml");
+    let changed = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("app: web", "app: web-v2");
+    std::fs::write(&path, &changed).unwrap();
+    let refused = import(&st, 2);
+    assert_ne!(refused.code, Some(0));
+    assert!(
+        refused.stderr.contains("field is immutable") && refused.stderr.contains("skiff.dev/recreate"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        deployments.get("web").await.unwrap().metadata.uid,
+        before,
+        "nothing recreated without the opt-in"
+    );
+    let opted_in = changed.replacen(
+        "metadata:\n  name: web\n",
+        "metadata:\n  name: web\n  annotations: {skiff.dev/recreate: \"true\"}\n",
+        1,
+    );
+    assert_ne!(opted_in, changed);
+    std::fs::write(&path, opted_in).unwrap();
+    import(&st, 3).success();
+    let after = deployments.get("web").await.unwrap();
+    assert_ne!(after.metadata.uid, before, "deleted and re-created");
+    assert_eq!(
+        after.spec.unwrap().selector.match_labels.unwrap()["app"],
+        "web-v2"
+    );
+}

@@ -645,3 +645,35 @@ async fn new_namespaces_get_their_default_service_account_and_root_ca() {
     assert!(ca.data.unwrap_or_default().contains_key("ca.crt"));
     cleanup(&c, &ns).await;
 }
+
+/// Immutable fields: a Deployment's selector cannot change in place (422, "field is
+/// immutable", dry-run included); its image can.
+#[tokio::test]
+async fn a_deployment_selector_is_immutable() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let api: Api<Deployment> = Api::namespaced(c.client.clone(), &ns);
+    let first = deployment("sel", Some(1), "nginx:1");
+    api.patch("sel", &apply("test"), &Patch::Apply(&first))
+        .await
+        .expect("create");
+    let mut image = first.clone();
+    image["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:2");
+    api.patch("sel", &apply("test"), &Patch::Apply(&image))
+        .await
+        .expect("an image change is fine");
+    let mut selector = image.clone();
+    selector["spec"]["selector"]["matchLabels"] = json!({"app": "other"});
+    selector["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"});
+    for dry_run in [true, false] {
+        let mut params = apply("test");
+        params.dry_run = dry_run;
+        let (code, reason, message) = api_error(api.patch("sel", &params, &Patch::Apply(&selector)).await);
+        assert_eq!((code, reason.as_str()), (422, "Invalid"), "{message}");
+        assert!(
+            message.contains("spec.selector") && message.contains("field is immutable"),
+            "{message}"
+        );
+    }
+    cleanup(&c, &ns).await;
+}

@@ -23,6 +23,16 @@ use super::{
 pub const FIELD_MANAGER: &str = "skiff";
 /// Objects applied at once within a group.
 const CONCURRENCY: usize = 16;
+/// Longest wait for an object being re-created to be gone.
+const RECREATE_WAIT: Duration = Duration::from_secs(120);
+
+/// Whether a 422 says the write changes what cannot change in place.
+fn is_immutable_change(message: &str) -> bool {
+    message.contains("field is immutable")
+        || message.contains("updates to statefulset spec for fields other than")
+        || message.contains("pod updates may not change fields")
+}
+
 /// Longest wait for a CRD to become Established.
 const CRD_WAIT: Duration = Duration::from_secs(60);
 
@@ -134,8 +144,59 @@ impl KubeApplier {
         })?;
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = self.force;
-        self.api(&ar, &caps, o.id.namespace.as_deref())
-            .patch(&o.id.name, &params, &Patch::Apply(&o.value))
+        let api = self.api(&ar, &caps, o.id.namespace.as_deref());
+        match api.patch(&o.id.name, &params, &Patch::Apply(&o.value)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 422 && is_immutable_change(&s.message) => {
+                if super::recreate_allowed(&o.value) {
+                    self.recreate(&api, o, &params).await
+                } else {
+                    Err((
+                        format!(
+                            "{} {}: {} (this field cannot change in place: annotate the object {}: \"true\" to let skiff delete and re-create it)",
+                            s.code,
+                            s.reason,
+                            s.message,
+                            super::RECREATE_ANNOTATION
+                        ),
+                        false,
+                    ))
+                }
+            }
+            Err(e) => Err(describe(&e)),
+        }
+    }
+
+    /// Deletes an object whose new state changes an immutable field, waits until it is
+    /// gone, and applies it anew (only with the object's opt-in annotation).
+    async fn recreate(
+        &self,
+        api: &Api<DynamicObject>,
+        o: &Desired,
+        params: &PatchParams,
+    ) -> Result<(), Failure> {
+        tracing::warn!(object = %o.id, "Immutable field changed: deleting and re-creating (opted in with {})", super::RECREATE_ANNOTATION);
+        match api
+            .delete(&o.id.name, &kube::api::DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(describe(&e)),
+        }
+        let deadline = Instant::now() + RECREATE_WAIT;
+        let mut pause = Duration::from_millis(100);
+        while api.get_opt(&o.id.name).await.map_err(|e| describe(&e))?.is_some() {
+            if Instant::now() >= deadline {
+                return Err((
+                    format!("{}: still being deleted after {RECREATE_WAIT:?}", o.id),
+                    true,
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+        api.patch(&o.id.name, params, &Patch::Apply(&o.value))
             .await
             .map(drop)
             .map_err(|e| describe(&e))

@@ -15,6 +15,20 @@ use skiff_proto::manifest::{Budget, ManifestError, parse_objects_within};
 pub const CHANNEL_LABEL: &str = "skiff.dev/channel";
 /// Annotation ordering objects in waves (an integer; default 0; lower first).
 pub const WAVE_ANNOTATION: &str = "skiff.dev/wave";
+/// Annotation letting skiff delete and re-create an object whose new state changes an
+/// immutable field (`"true"`), as Flux's `force` and Argo CD's `Replace=true` do; never
+/// without it.
+pub const RECREATE_ANNOTATION: &str = "skiff.dev/recreate";
+
+/// Whether an object opted in to delete-and-recreate.
+pub fn recreate_allowed(value: &Value) -> bool {
+    value
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(RECREATE_ANNOTATION))
+        .and_then(Value::as_str)
+        == Some("true")
+}
+
 /// Annotation keeping an object from being pruned (`disabled`).
 pub const PRUNE_ANNOTATION: &str = "skiff.dev/prune";
 

@@ -9,6 +9,7 @@
 mod defaults;
 mod fields;
 mod http;
+mod immutable;
 mod resources;
 mod store;
 

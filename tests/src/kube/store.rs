@@ -711,6 +711,16 @@ impl State {
             None
         };
         defaults::apply(&rt.kind, &mut object, &mut self.alloc);
+        if let (Some(o), Sub::Main) = (old, sub)
+            && rt.crd.is_none()
+            && let Some((field, value)) = super::immutable::violation(&rt.kind, &o.object, &object)
+        {
+            let detail = match value {
+                Value::String(s) if s.starts_with("Forbidden") || s.starts_with("updates") => s,
+                v => format!("Invalid value: {v}: field is immutable"),
+            };
+            return Err(ApiError::invalid(rt, name, &field, &detail));
+        }
         if let Some(types) = &crd_types {
             crd_status(&mut object, types);
         }
