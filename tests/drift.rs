@@ -518,3 +518,42 @@ async fn objects_that_cannot_be_compared_are_unknown_not_in_sync_needs_fault_inj
     assert_eq!(again["demo"]["unknown"], json!([]), "{again}");
     assert_ne!(again["demo"]["health"]["state"], "Unknown", "{again}");
 }
+
+/// A hand edit that changes a Service port's key (`kubectl edit`: port 80 → 8080) leaves an
+/// object skiff's manifest cannot be applied over (two ports named `http`): it is drift,
+/// `unreconcilable`, with the server's reason, not "in sync" and not an error.
+#[tokio::test]
+async fn a_port_edited_by_hand_is_unreconcilable_drift_with_the_servers_reason() {
+    use k8s_openapi::api::core::v1::Service;
+    let c = TestCluster::start().await;
+    let st = setup(&c);
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "demo");
+    let mut svc = services.get("web").await.unwrap();
+    let ports = svc.spec.as_mut().unwrap().ports.as_mut().unwrap();
+    ports[0].port = 8080;
+    services
+        .replace(
+            "web",
+            &kube::api::PostParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &svc,
+        )
+        .await
+        .unwrap();
+    let found = check(&st, "--heal");
+    let drift = found["demo"]["drift"].as_array().cloned().unwrap_or_default();
+    let web = drift
+        .iter()
+        .find(|d| d["object"]["kind"] == "Service")
+        .unwrap_or_else(|| panic!("{found}"));
+    assert_eq!(web["kind"], "unreconcilable", "{found}");
+    assert_eq!(web["corrected"], false);
+    let reason = web["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("422") && reason.contains("Duplicate value"),
+        "{reason}"
+    );
+    assert_eq!(found["demo"]["unknown"], json!([]), "{found}");
+}

@@ -126,6 +126,10 @@ pub struct Drift {
     pub paths: Vec<DriftPath>,
     /// Whether the agent re-applied it.
     pub corrected: bool,
+    /// Why the desired state cannot be reached as is (for `unreconcilable`: the server's
+    /// answer to applying it, e.g. a key two managers now disagree on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One differing path.

@@ -137,6 +137,7 @@ impl DirApplier {
                     live: None,
                 }],
                 corrected,
+                reason: None,
             });
         });
         if let Err(outcome) = result {

@@ -474,6 +474,7 @@ impl KubeApplier {
                     kind: "missing".into(),
                     paths: Vec::new(),
                     corrected: heal,
+                    reason: None,
                 }),
                 health,
             ));
@@ -485,10 +486,27 @@ impl KubeApplier {
         }
         let mut params = PatchParams::apply(FIELD_MANAGER).dry_run();
         params.force = self.force;
-        let dry = api
-            .patch(&o.id.name, &params, &Patch::Apply(&o.value))
-            .await
-            .map_err(|e| describe(&e))?;
+        let dry = match api.patch(&o.id.name, &params, &Patch::Apply(&o.value)).await {
+            Ok(dry) => dry,
+            // The server refuses what skiff would apply: the live object has moved where
+            // the manifest cannot follow (another manager changed an item's key, an
+            // immutable field …). That is drift, with the server's reason; an apply cannot
+            // heal it, so none is attempted.
+            Err(kube::Error::Api(s)) if s.code == 422 => {
+                let (state, reason) = crate::drift::object_health(&live);
+                return Ok((
+                    Some(Drift {
+                        object: o.id.clone(),
+                        kind: "unreconcilable".into(),
+                        paths: Vec::new(),
+                        corrected: false,
+                        reason: Some(format!("{} {}: {}", s.code, s.reason, s.message)),
+                    }),
+                    (o.id.clone(), state, reason),
+                ));
+            }
+            Err(e) => return Err(describe(&e)),
+        };
         let dry = serde_json::to_value(&dry).unwrap_or(Value::Null);
         let paths = crate::drift::diff(&dry, &live, &o.id.kind);
         let (state, reason) = crate::drift::object_health(&live);
@@ -505,6 +523,7 @@ impl KubeApplier {
                 kind: "modified".into(),
                 paths,
                 corrected: heal,
+                reason: None,
             }),
             health,
         ))

@@ -12,6 +12,7 @@ mod http;
 mod immutable;
 mod resources;
 mod store;
+mod validation;
 
 use std::net::SocketAddr;
 use std::path::Path;

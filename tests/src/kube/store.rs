@@ -711,6 +711,11 @@ impl State {
             None
         };
         defaults::apply(&rt.kind, &mut object, &mut self.alloc);
+        if rt.crd.is_none()
+            && let Some((field, detail)) = super::validation::problem(&rt.kind, &object)
+        {
+            return Err(ApiError::invalid(rt, name, &field, &detail));
+        }
         if let (Some(o), Sub::Main) = (old, sub)
             && rt.crd.is_none()
             && let Some((field, value)) = super::immutable::violation(&rt.kind, &o.object, &object)
