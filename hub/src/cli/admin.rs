@@ -99,6 +99,9 @@ pub(super) async fn cluster_detail(hub: &HubArgs, name: &str, output: Output) ->
                 d.kind,
                 if d.corrected { " (corrected)" } else { "" }
             );
+            if let Some(reason) = &d.reason {
+                println!("    why: {reason}");
+            }
             for p in &d.paths {
                 let v = |v: &Option<serde_json::Value>| {
                     v.as_ref().map_or("(hidden)".to_owned(), ToString::to_string)
