@@ -117,3 +117,21 @@ fn the_binary_writes_a_kubeconfig_once_listening() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Protobuf bodies (what kubectl sends for built-in kinds) get the 415 a server that does
+/// not read them answers, not a 400 from a YAML parser.
+#[tokio::test]
+async fn protobuf_bodies_are_an_unsupported_media_type() {
+    install_crypto();
+    let server = KubeTestServer::start().unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/namespaces", server.url()))
+        .header("content-type", "application/vnd.kubernetes.protobuf")
+        .body(b"k8s\x00\x0a\x0f".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status["reason"], "UnsupportedMediaType", "{status}");
+}

@@ -143,6 +143,11 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    // This server speaks JSON (and YAML): a protobuf body gets the 415 a real server gives
+    // for a media type it does not accept, so clients fall back to JSON.
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") && !body.is_empty() {
+        return error(&ApiError::unsupported_media_type(&content_type));
+    }
     let mut state = shared.state.lock().expect("state lock");
     match route(&mut state, &method, &path, &query, &headers, &content_type, &body) {
         Ok((code, v)) => json_response(code, &v),

@@ -88,7 +88,7 @@ impl ApiError {
         }
     }
 
-    /// 415 for a patch type the server does not take.
+    /// 415 for a body (or patch) type the server does not take.
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(
             415,
