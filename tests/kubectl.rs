@@ -178,3 +178,60 @@ fn kubectl_applies_gets_lists_resources_deletes_and_reports_conflicts() {
     let (success, _, stderr) = kubectl(&kc, &["get", "-n", "demo", "deployment", "web"], None);
     assert!(!success && stderr.contains("not found"), "{stderr}");
 }
+
+/// `kubectl patch --type=json` and `--type=merge`: the edits people make by hand, so tests
+/// can make them.
+#[test]
+fn kubectl_patch_json_and_merge() {
+    let server = KubeTestServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kc).unwrap();
+    let (applied, _, err) = kubectl(
+        &kc,
+        &["apply", "--server-side", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: patched, namespace: default}\ndata: {a: \"1\", b: \"2\"}\n",
+        ),
+    );
+    assert!(applied, "{err}");
+    ok(
+        &kc,
+        &[
+            "patch",
+            "configmap",
+            "patched",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/data/a","value":"10"},{"op":"remove","path":"/data/b"}]"#,
+        ],
+    );
+    ok(
+        &kc,
+        &[
+            "patch",
+            "configmap",
+            "patched",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"c":"3"}}"#,
+        ],
+    );
+    let data = ok(&kc, &["get", "configmap", "patched", "-o", "jsonpath={.data}"]);
+    let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(data, serde_json::json!({"a": "10", "c": "3"}));
+    let (failed, _, err) = kubectl(
+        &kc,
+        &[
+            "patch",
+            "configmap",
+            "patched",
+            "--type=json",
+            "-p",
+            r#"[{"op":"test","path":"/data/a","value":"nope"}]"#,
+        ],
+        None,
+    );
+    assert!(!failed, "a failing test op refuses the patch");
+    assert!(err.contains("test failed"), "{err}");
+}

@@ -280,6 +280,10 @@ fn route(
                         )?,
                     )
                 }
+                "application/json-patch+json" => {
+                    let patch = parse_body("application/json", body)?;
+                    ok(state.json_patch(&rt, ns, name, &patch, &manager_of(query, headers), sub, dry_run)?)
+                }
                 other => Err(ApiError::unsupported_media_type(other)),
             }
         }

@@ -10,6 +10,7 @@ mod defaults;
 mod fields;
 mod http;
 mod immutable;
+mod jsonpatch;
 mod resources;
 mod store;
 mod validation;

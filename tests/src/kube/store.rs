@@ -488,6 +488,26 @@ impl State {
         self.write_update(rt, ns, name, old, new, manager, sub, dry_run)
     }
 
+    /// PATCH with an RFC 6902 JSON Patch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn json_patch(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        patch: &Value,
+        manager: &str,
+        sub: Sub,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let old = self.existing(rt, ns, name)?;
+        let mut new = Self::render(rt, &old);
+        super::jsonpatch::apply(&mut new, patch)
+            .map_err(|e| ApiError::new(422, "Invalid", format!("the JSON patch does not apply: {e}")))?;
+        self.check_identity(rt, ns, Some(name), &new)?;
+        self.write_update(rt, ns, name, old, new, manager, sub, dry_run)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn write_update(
         &mut self,
