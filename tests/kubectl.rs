@@ -235,3 +235,26 @@ fn kubectl_patch_json_and_merge() {
     assert!(!failed, "a failing test op refuses the patch");
     assert!(err.contains("test failed"), "{err}");
 }
+
+/// `kubectl scale` goes through the `/scale` subresource.
+#[test]
+fn kubectl_scale_sets_replicas_through_the_scale_subresource() {
+    let server = KubeTestServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kc).unwrap();
+    let (applied, _, err) = kubectl(
+        &kc,
+        &["apply", "--server-side", "-f", "-"],
+        Some(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: default}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: nginx}]}\n",
+        ),
+    );
+    assert!(applied, "{err}");
+    ok(&kc, &["scale", "deployment", "web", "--replicas=4"]);
+    let replicas = ok(
+        &kc,
+        &["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"],
+    );
+    assert_eq!(replicas.trim(), "4");
+}

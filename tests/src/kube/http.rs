@@ -216,6 +216,13 @@ fn route(
         return Err(ApiError::no_resource(path));
     }
     let ns = target.namespace.as_deref();
+    if target.sub.as_deref() == Some("scale") && resources::has_scale(&rt) {
+        let name = target
+            .name
+            .as_deref()
+            .ok_or_else(|| ApiError::no_resource(path))?;
+        return scale(state, &rt, ns, name, method, query, headers, content_type, body);
+    }
     let sub = match target.sub.as_deref() {
         None => Sub::Main,
         Some("status") if rt.status => Sub::Status,
@@ -303,4 +310,86 @@ fn route(
             details: None,
         }),
     }
+}
+
+/// The `/scale` subresource (`kubectl scale`): an `autoscaling/v1` Scale read from and
+/// written to the workload's `spec.replicas`.
+#[allow(clippy::too_many_arguments)]
+fn scale(
+    state: &mut State,
+    rt: &crate::kube::ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    method: &Method,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(u16, Value), ApiError> {
+    let scale_of = |object: &Value| {
+        let selector = object
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        json!({
+            "apiVersion": "autoscaling/v1", "kind": "Scale",
+            "metadata": {
+                "name": object.pointer("/metadata/name"), "namespace": object.pointer("/metadata/namespace"),
+                "uid": object.pointer("/metadata/uid"), "resourceVersion": object.pointer("/metadata/resourceVersion"),
+                "creationTimestamp": object.pointer("/metadata/creationTimestamp"),
+            },
+            "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+            "status": {"replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+        })
+    };
+    let current = scale_of(&state.get(rt, ns, name)?);
+    if *method == Method::GET {
+        return Ok((200, current));
+    }
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let wanted = match (method.clone(), media) {
+        (Method::PUT, _) => parse_body(content_type, body)?,
+        (Method::PATCH, "application/merge-patch+json") => {
+            let mut doc = current.clone();
+            crate::kube::store::json_merge_patch(&mut doc, &parse_body(media, body)?);
+            doc
+        }
+        (Method::PATCH, "application/json-patch+json") => {
+            let mut doc = current.clone();
+            super::jsonpatch::apply(&mut doc, &parse_body("application/json", body)?)
+                .map_err(|e| ApiError::bad_request(format!("the JSON patch does not apply: {e}")))?;
+            doc
+        }
+        (Method::PATCH, other) => return Err(ApiError::unsupported_media_type(other)),
+        _ => {
+            return Err(ApiError {
+                code: 405,
+                reason: "MethodNotAllowed",
+                message: format!("the server does not allow this method on the scale subresource ({method})"),
+                details: None,
+            });
+        }
+    };
+    let replicas = wanted
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| ApiError::bad_request("Scale.spec.replicas must be a whole number, 0 or more"))?;
+    let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
+    let updated = state.merge_patch(
+        rt,
+        ns,
+        name,
+        &json!({"spec": {"replicas": replicas}}),
+        &manager_of(query, headers),
+        Sub::Main,
+        dry_run,
+    )?;
+    Ok((200, scale_of(&updated)))
 }

@@ -388,6 +388,17 @@ pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Opti
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if has_scale(t) {
+            resources.push(json!({
+                "name": format!("{}/scale", t.plural),
+                "singularName": "",
+                "namespaced": t.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
     }
     if resources.is_empty() {
         return None;
@@ -544,4 +555,9 @@ pub fn openapi_group_version(types: &[ResourceType], group: &str, version: &str)
         "paths": paths,
         "components": {"schemas": {}},
     }))
+}
+
+/// Whether a kind serves the `/scale` subresource (the built-in workloads with replicas).
+pub fn has_scale(t: &ResourceType) -> bool {
+    t.group == "apps" && matches!(t.kind.as_str(), "Deployment" | "StatefulSet" | "ReplicaSet")
 }
