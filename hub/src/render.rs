@@ -339,7 +339,9 @@ fn kustomize_in(
         .env("XDG_CACHE_HOME", home.join(".cache"))
         .env("XDG_DATA_HOME", home.join(".local/share"))
         .env("KUBECONFIG", home.join(".kube/config"));
-    let out = process::run(cmd, timeout)?;
+    // The render becomes one bundle file: more than a file may hold is refused unread.
+    let max = skiff_proto::bundle::Limits::default().max_file_size;
+    let out = process::run(cmd, timeout, max)?;
     if !out.status.success() {
         return Err(RenderError::Kustomize {
             origin: origin.to_owned(),

@@ -195,7 +195,8 @@ impl Sources {
             cmd.env("GIT_SSH_COMMAND", ssh);
         }
         let out =
-            process::run(cmd, self.config.command_timeout).map_err(|e| FetchError::Git(e.to_string()))?;
+            // git's own output here is a line or two; 1 MiB is plenty.
+            process::run(cmd, self.config.command_timeout, 1 << 20).map_err(|e| FetchError::Git(e.to_string()))?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
             return Err(FetchError::Git(format!(
