@@ -24,6 +24,19 @@ fn write_key(dir: &Path, key: &SigningKey) -> std::path::PathBuf {
     p
 }
 
+/// An agent config with the `dir` target at `target`, running channel `demo`, watching
+/// `usb` when given.
+fn dir_agent(tmp: &Path, public: &Path, target: &Path, usb: Option<&Path>) -> std::path::PathBuf {
+    let import = usb.map_or(String::new(), |u| format!("import_dir: {}\n", u.display()));
+    write_config(
+        &tmp.join("agent"),
+        "edge-1",
+        public,
+        &format!("dir:{}", target.display()),
+        &format!("{import}channels: {{demo: {{}}}}\n"),
+    )
+}
+
 fn cm(name: &str) -> Vec<u8> {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{a: b}}\n").into_bytes()
 }
@@ -47,13 +60,7 @@ fn an_alias_bomb_is_refused_within_budget() {
     ]);
     let (b, e) = signed_pair(&tmp.path().join("usb"), "demo", 1, &files, &key);
     let target = tmp.path().join("out");
-    let config = write_config(
-        &tmp.path().join("agent"),
-        "edge-1",
-        &public,
-        &format!("dir:{}", target.display()),
-        "channels: {demo: {}}\n",
-    );
+    let config = dir_agent(tmp.path(), &public, &target, None);
     let (run, peak) = agent_with_peak_rss(&["import", "--config", s(&config), s(&b), s(&e)]);
     println!("alias bomb import: peak RSS {peak} KiB");
     assert_ne!(run.code, Some(0), "{}", run.stdout);
@@ -78,13 +85,7 @@ fn a_stored_generation_that_never_finished_applying_is_skipped_at_start() {
     let public = write_key(&tmp.path().join("keys"), &key);
     let target = tmp.path().join("out");
     let usb = tmp.path().join("usb");
-    let config = write_config(
-        &tmp.path().join("agent"),
-        "edge-1",
-        &public,
-        &format!("dir:{}", target.display()),
-        &format!("import_dir: {}\nchannels: {{demo: {{}}}}\n", usb.display()),
-    );
+    let config = dir_agent(tmp.path(), &public, &target, Some(&usb));
     let (b, e) = signed_pair(
         &tmp.path().join("g1"),
         "demo",
@@ -136,13 +137,7 @@ fn object_names_cannot_escape_the_dir_target() {
     let target = tmp.path().join("out");
     let outside = tmp.path().join("victim.yaml");
     std::fs::write(&outside, "keep me").unwrap();
-    let config = write_config(
-        &tmp.path().join("agent"),
-        "edge-1",
-        &public,
-        &format!("dir:{}", target.display()),
-        "channels: {demo: {}}\n",
-    );
+    let config = dir_agent(tmp.path(), &public, &target, None);
     let evil = BTreeMap::from([
         (
             "a.yaml".into(),
@@ -228,13 +223,7 @@ fn the_import_folder_reads_nothing_it_has_not_verified() {
         &BTreeMap::from([("o.yaml".into(), cm("o"))]),
         &key,
     );
-    let config = write_config(
-        &tmp.path().join("agent"),
-        "edge-1",
-        &public,
-        &format!("dir:{}", target.display()),
-        &format!("import_dir: {}\nchannels: {{demo: {{}}}}\n", usb.display()),
-    );
+    let config = dir_agent(tmp.path(), &public, &target, Some(&usb));
     let mut proc = AgentProcess::start(&config);
     let aside = usb.join("rejected");
     assert!(
@@ -356,13 +345,7 @@ fn a_bundle_at_the_caps_applies_under_the_shipped_memory_limit() {
     let (b, e) = signed_pair(&tmp.path().join("usb"), "demo", 1, &files, &key);
     drop(files);
     let target = tmp.path().join("out");
-    let config = write_config(
-        &tmp.path().join("agent"),
-        "edge-1",
-        &public,
-        &format!("dir:{}", target.display()),
-        "channels: {demo: {}}\n",
-    );
+    let config = dir_agent(tmp.path(), &public, &target, None);
     let (run, peak) = agent_with_peak_rss(&["import", "--config", s(&config), s(&b), s(&e)]);
     let limit = shipped_memory_limit_kib();
     println!(
@@ -392,13 +375,7 @@ fn older_generations_on_the_medium_are_skipped_quietly() {
         &BTreeMap::from([("a.yaml".into(), cm("a"))]),
         &key,
     );
-    let config = write_config(
-        &tmp.path().join("agent"),
-        "edge-1",
-        &public,
-        &format!("dir:{}", target.display()),
-        &format!("import_dir: {}\nchannels: {{demo: {{}}}}\n", usb.display()),
-    );
+    let config = dir_agent(tmp.path(), &public, &target, Some(&usb));
     let mut proc = AgentProcess::start(&config);
     assert!(
         wait_for(WAIT, || target.join("demo/demo/configmap.a.yaml").exists()),

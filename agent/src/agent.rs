@@ -380,16 +380,16 @@ impl Agent {
         })
     }
 
+    /// The channels the hub's last desired state listed (`None` before it answered once).
+    fn hub_assigned(&self) -> Option<std::collections::BTreeSet<String>> {
+        self.store.assigned().ok().flatten()
+    }
+
     /// Whether a channel may be taken from an import: the agent config lists it, or the hub
     /// last said this cluster runs it. (A signed per-cluster assignment is the complete
     /// answer; until then an air-gapped site lists its channels in its config.)
     fn check_assigned(&self, channel: &str) -> Result<(), String> {
-        let offered = self
-            .store
-            .assigned()
-            .ok()
-            .flatten()
-            .is_some_and(|a| a.contains(channel));
+        let offered = self.hub_assigned().is_some_and(|a| a.contains(channel));
         if self.config.channels.contains_key(channel) || offered {
             Ok(())
         } else {
@@ -403,12 +403,7 @@ impl Agent {
     /// the hub's desired state has stopped listing it. Its objects stay as they are; until
     /// signed assignments say whether to prune or keep, nothing is removed. Logged once.
     fn enforced(&self, channel: &str) -> bool {
-        let dropped = self
-            .store
-            .assigned()
-            .ok()
-            .flatten()
-            .is_some_and(|a| !a.contains(channel));
+        let dropped = self.hub_assigned().is_some_and(|a| !a.contains(channel));
         if dropped
             && self
                 .unenforced
