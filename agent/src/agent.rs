@@ -193,7 +193,12 @@ impl Agent {
             unenforced: std::sync::Mutex::new(HashSet::new()),
             stray: std::sync::Mutex::new(HashMap::new()),
             retries: std::sync::Mutex::new(HashMap::new()),
-            snapshot: std::sync::Mutex::new((Instant::now() - SNAPSHOT_EVERY, false)),
+            snapshot: std::sync::Mutex::new((
+                Instant::now()
+                    .checked_sub(SNAPSHOT_EVERY)
+                    .unwrap_or_else(Instant::now),
+                false,
+            )),
             apply_lock: tokio::sync::Mutex::new(()),
         })
     }

@@ -72,6 +72,7 @@ impl HubProcess {
 
     /// Starts the process again (after [`Self::kill`]), same config and port.
     pub fn spawn(&mut self) {
+        let logged_before = self.log().len();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -91,7 +92,13 @@ impl HubProcess {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // Ready when this process says it listens (not merely when something answers on
+            // the port: after a restart, another test's socket may have taken it).
+            let ours = self
+                .log()
+                .get(logged_before..)
+                .is_some_and(|l| l.contains("Hub listening"));
+            if ours && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {

@@ -75,17 +75,16 @@ pub fn caller_of_token(state: &AppState, token: Option<&str>) -> Result<Caller, 
 fn note_unknown_token() {
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
-    static SEEN: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+    // (when last said, refused since): None until the first is said.
+    static SEEN: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
     let mut seen = SEEN.lock().expect("auth log");
-    let (since, count) = seen.get_or_insert((Instant::now() - Duration::from_secs(10), 0));
-    *count += 1;
-    if since.elapsed() >= Duration::from_secs(10) {
+    seen.1 += 1;
+    if seen.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
         tracing::warn!(
-            refused = *count,
+            refused = seen.1,
             "Requests with an unknown bearer token refused (stale agent token? rotated?)"
         );
-        *since = Instant::now();
-        *count = 0;
+        *seen = (Some(Instant::now()), 0);
     }
 }
 

@@ -99,7 +99,8 @@ pub async fn serve(
             "The open-file limit allows fewer connections than limits.max_connections; raise LimitNOFILE"
         );
     }
-    let mut refusals_logged = Instant::now() - Duration::from_secs(60);
+    // None: nothing said yet (an Instant in the past could underflow on a fresh machine).
+    let mut refusals_logged: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -112,8 +113,8 @@ pub async fn serve(
                     Ok(slot) => slot,
                     Err(refusal) => {
                         // Closed at once; said in the log at most every 10 s.
-                        if refusals_logged.elapsed() >= Duration::from_secs(10) {
-                            refusals_logged = Instant::now();
+                        if refusals_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                            refusals_logged = Some(Instant::now());
                             tracing::warn!(peer = %peer.ip(), ?refusal, open = state.connections.open(), "Connection refused at the connection limit");
                         }
                         drop(stream);
