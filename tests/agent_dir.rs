@@ -209,13 +209,22 @@ fn hub_to_agent_with_outage_restart_and_reports_delivered_once_in_order() {
 
     // Hub back: every queued report arrives, once, in order.
     hub.spawn();
-    assert!(wait_for(WAIT, || status()["outbox"] == 0), "{}", agent_proc.log());
-    let hist = std::process::Command::new("curl")
-        .args(["-sf", "-H", &format!("Authorization: Bearer {}", hub.admin_token)])
-        .arg(format!("{}/v1/admin/clusters/edge-1/reports", hub.url()))
-        .output()
-        .unwrap();
-    let reports: Vec<serde_json::Value> = serde_json::from_slice(&hist.stdout).unwrap();
+    // The hub's own history is the truth (status.json is rewritten at most every 2 s).
+    let history = || {
+        let hist = std::process::Command::new("curl")
+            .args(["-sf", "-H", &format!("Authorization: Bearer {}", hub.admin_token)])
+            .arg(format!("{}/v1/admin/clusters/edge-1/reports", hub.url()))
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Vec<serde_json::Value>>(&hist.stdout).unwrap_or_default()
+    };
+    assert!(
+        wait_for(WAIT, || history().len() >= 3 && status()["outbox"] == 0),
+        "{:?}\n{}",
+        history(),
+        agent_proc.log()
+    );
+    let reports = history();
     let seqs: Vec<u64> = reports.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     let mut sorted = seqs.clone();
     sorted.sort_unstable();
