@@ -111,8 +111,9 @@ fn swapped_bundle_and_envelope_get_a_hint() {
     );
 }
 
-/// A cluster relabelled out of a channel keeps its objects, and the agent stops enforcing
-/// them (said in its log; the hub's status shows the channel untargeted).
+/// A cluster relabelled out of a channel whose `on_unassign` is `keep` keeps its objects, and
+/// the agent stops enforcing them (said in its log; the hub's status shows the channel
+/// untargeted).
 #[test]
 fn an_untargeted_channel_is_kept_and_no_longer_enforced() {
     let tmp = tempfile::tempdir().unwrap();
@@ -122,7 +123,7 @@ fn an_untargeted_channel_is_kept_and_no_longer_enforced() {
     let hub = HubProcess::start(
         &tmp.path().join("hub"),
         &format!(
-            "repos:\n  - {{name: fleet, url: \"{}\", poll: 1h}}\nchannels:\n  - {{name: demo, repo: fleet, branch: main, path: apps, namespace: demo, targets: {{labels: {{env: dev}}}}}}\n",
+            "repos:\n  - {{name: fleet, url: \"{}\", poll: 1h}}\nchannels:\n  - {{name: demo, repo: fleet, branch: main, path: apps, namespace: demo, on_unassign: keep, targets: {{labels: {{env: dev}}}}}}\n",
             repo.path().display()
         ),
     );
@@ -169,7 +170,7 @@ fn an_untargeted_channel_is_kept_and_no_longer_enforced() {
     assert!(
         wait_for(Duration::from_secs(20), || proc
             .log()
-            .contains("no longer assigned by the hub")),
+            .contains("no longer assigned: its objects are kept")),
         "{}",
         proc.log()
     );

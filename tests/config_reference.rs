@@ -100,6 +100,8 @@ fn every_config_key_is_documented_and_nothing_else() {
         ("targets", fields::<hub::Targets>()),
         ("limits", fields::<hub::Limits>()),
         ("metrics", fields::<hub::MetricsConfig>()),
+        ("assignments", fields::<hub::AssignmentConfig>()),
+        ("customizations[]", fields::<hub::Customization>()),
         ("agent", fields::<agent::AgentConfig>()),
         ("channels.NAME", fields::<agent::ChannelSettings>()),
     ]);

@@ -114,3 +114,66 @@ fn unquoted_octal_default_mode_reads_as_kubernetes_reads_it() {
     assert!(modes.contains(&serde_json::json!(493)), "{modes:?}");
     assert!(modes.contains(&serde_json::json!(365)), "{modes:?}");
 }
+
+/// Substitution with no variables defined changes no corpus object: files without a
+/// reference come out identical; the few whose shell scripts use `${VAR}` (mysql's
+/// `${HOSTNAME}`, the load generator's `${FRONTEND_ADDR}`, podinfo's scripts) are refused
+/// naming file, document, line and variable — never mangled — and once escaped as `$${VAR}`
+/// (as Flux asks too) come out identical to the original.
+#[test]
+fn substitution_with_no_variables_changes_no_corpus_object() {
+    use skiff_proto::manifest::{Budget, parse_objects_substituted};
+    let Some(corpus) = corpus_dir("substitution_with_no_variables_changes_no_corpus_object") else {
+        return;
+    };
+    let none = |_: &str| None;
+    let (mut identical, mut escaped) = (0, Vec::new());
+    for set in SETS {
+        for file in manifest_files(&corpus, set) {
+            let bytes = std::fs::read(corpus.join(set).join(&file)).unwrap();
+            let Ok(plain) = parse_objects(&file, &bytes) else {
+                continue; // the generateName jobs: refused with or without substitution
+            };
+            let values = |objs: Vec<skiff_proto::manifest::Object>| {
+                objs.into_iter().map(|o| o.value).collect::<Vec<_>>()
+            };
+            let plain = values(plain);
+            match parse_objects_substituted(&file, &bytes, &mut Budget::for_file(bytes.len()), &none) {
+                Ok(objs) => {
+                    assert_eq!(values(objs), plain, "{set}/{file}: changed by substitution");
+                    identical += 1;
+                }
+                Err(e @ ManifestError::Unset { .. }) => {
+                    let m = e.to_string();
+                    assert!(
+                        m.contains(&file) && m.contains("document") && m.contains("line"),
+                        "{m}"
+                    );
+                    let text = String::from_utf8(bytes).unwrap();
+                    assert!(!text.contains("$${"), "{set}/{file} escapes already");
+                    let escaped_text = text.replace("${", "$${");
+                    let objs = parse_objects_substituted(
+                        &file,
+                        escaped_text.as_bytes(),
+                        &mut Budget::for_file(escaped_text.len()),
+                        &none,
+                    )
+                    .unwrap_or_else(|e| panic!("{set}/{file} escaped: {e}"));
+                    assert_eq!(
+                        values(objs),
+                        plain,
+                        "{set}/{file}: escaping must give the original back"
+                    );
+                    escaped.push(format!("{set}/{file}"));
+                }
+                Err(e) => panic!("{set}/{file}: {e}"),
+            }
+        }
+    }
+    println!(
+        "substitution on the corpus: {identical} files identical, {} refused until escaped: {escaped:?}",
+        escaped.len()
+    );
+    assert!(identical > 100, "{identical}");
+    assert_eq!(escaped.len(), 11, "{escaped:?}");
+}

@@ -20,8 +20,11 @@ use crate::apply::dir::DirApplier;
 use crate::apply::kube::KubeApplier;
 use crate::apply::{Checked, Outcome};
 use crate::config::{AgentConfig, Target};
-use crate::source::{HubClient, SourceError, scan_import_dir};
+use crate::source::{HubClient, ImportStamp, SourceError, scan_import_dir};
 use crate::store::{Accepted, Applied, ChannelState, Store};
+
+mod assigned;
+pub use assigned::{TakenAssignment, admit, changes, values_for};
 
 /// Where objects go.
 pub enum Applier {
@@ -72,6 +75,9 @@ pub enum Offered {
     Unchanged,
     /// Did not verify; nothing changed.
     Rejected(String),
+    /// Verified, but not for this cluster now: the channel is not assigned, or the
+    /// generation is above the pin. Looked at again when the assignment changes.
+    NotAssigned(String),
     /// An older generation than the one accepted (left on an import medium): nothing to do,
     /// and nothing to report.
     Older {
@@ -111,13 +117,12 @@ pub struct Agent {
 #[derive(Serialize)]
 struct Snapshot<'a> {
     cluster: &'a str,
+    assignment: Option<serde_json::Value>,
     channels: &'a std::collections::BTreeMap<String, ChannelState>,
     outbox: u64,
     dropped: u64,
     written: Timestamp,
 }
-
-type ImportStamp = (u64, std::time::SystemTime, u64, std::time::SystemTime);
 
 /// `status.json` and `outbox.json` are rewritten at most this often.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
@@ -237,6 +242,7 @@ impl Agent {
         };
         let snapshot = Snapshot {
             cluster: &self.config.cluster,
+            assignment: self.assignment().map(|a| crate::status::assignment_summary(&a)),
             channels: &channels,
             outbox: self.store.outbox_len().unwrap_or(0),
             dropped: self.store.dropped().unwrap_or(0),
@@ -261,6 +267,7 @@ impl Agent {
 
     fn report(&self, mut report: Report) {
         report.agent_version = env!("CARGO_PKG_VERSION").to_owned();
+        assigned::scrub(&mut report, &self.config.local_values);
         match self.store.push_report(report, self.config.outbox_limit) {
             Ok(_) => self.reports.notify_one(),
             Err(error) => warn!(%error, "Could not queue a report"),
@@ -316,12 +323,25 @@ impl Agent {
             }),
             ..Policy::default()
         };
-        let assigned = match (&statement, channel_policy) {
-            (Ok(s), ChannelPolicy::Assigned) => self.check_assigned(&s.channel),
-            _ => Ok(()),
-        };
-        // An unassigned channel is refused before its bundle is read.
-        let verified = match statement.map_err(|e| e.to_string()).and(assigned).and_then(|()| {
+        // An unassigned channel, or a generation above the pin, is refused before the
+        // bundle is read, and is not remembered as bad: a new assignment may admit it.
+        if let Ok(s) = &statement
+            && let Err(error) = self.admit(
+                &s.channel,
+                s.generation,
+                matches!(channel_policy, ChannelPolicy::Expected(_)),
+            )
+        {
+            self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            warn!(%error, channel = %s.channel, generation = s.generation, source, "Bundle not admitted by this cluster's assignment; keeping the last good state");
+            let mut r = Self::base_report(&s.channel, ReportOutcome::Rejected);
+            r.generation = Some(s.generation);
+            r.sha256 = Some(s.bundle.sha256);
+            r.message = Some(format!("bundle from {source} not admitted: {error}"));
+            self.report(r);
+            return Ok(Offered::NotAssigned(error));
+        }
+        let verified = match statement.map_err(|e| e.to_string()).and_then(|_| {
             verify_bundle(&self.trust, envelope_json, &tarball, &policy).map_err(|e| e.to_string())
         }) {
             Ok(v) => v,
@@ -404,10 +424,13 @@ impl Agent {
         }
     }
 
-    /// Whether the agent still enforces a channel (re-applies, checks drift, heals): not once
-    /// the hub's desired state has stopped listing it. Its objects stay as they are; until
-    /// signed assignments say whether to prune or keep, nothing is removed. Logged once.
+    /// Whether the agent still enforces a channel (re-applies, checks drift, heals): the
+    /// assignment in effect lists it. Before any assignment: not once the hub's desired state
+    /// has stopped listing it (its objects stay; logged once).
     fn enforced(&self, channel: &str) -> bool {
+        if let Some(a) = self.assignment() {
+            return a.channel(channel).is_some();
+        }
         let dropped = self.hub_assigned().is_some_and(|a| !a.contains(channel));
         if dropped
             && self
@@ -453,9 +476,13 @@ impl Agent {
             (Applier::Kube(k), true) => k.load_inventory(channel).await.unwrap_or_default(),
             _ => state.inventory.clone(),
         };
+        let values = self.values(channel);
         let outcome = match &self.applier {
-            Applier::Kube(k) => k.apply(channel, &verified.bundle, &previous).await,
-            Applier::Dir(d) => d.apply(channel, &verified.bundle, &previous),
+            Applier::Kube(k) => {
+                k.apply(channel, values.as_ref(), &verified.bundle, &previous)
+                    .await
+            }
+            Applier::Dir(d) => d.apply(channel, values.as_ref(), &verified.bundle, &previous),
         };
         let ok = outcome.errors.is_empty();
         // What is in the cluster now: all of it on success; on failure nothing was pruned,
@@ -531,7 +558,10 @@ impl Agent {
         if ok {
             // Right after applying: the objects' health (no drift yet: skiff just wrote them).
             let checked = match &self.applier {
-                Applier::Kube(k) => k.health(channel, &verified.bundle).await.unwrap_or_default(),
+                Applier::Kube(k) => k
+                    .health(channel, values.as_ref(), &verified.bundle)
+                    .await
+                    .unwrap_or_default(),
                 Applier::Dir(_) => {
                     self.inspect(channel, &verified.bundle, false, &state.inventory)
                         .await
@@ -611,15 +641,16 @@ impl Agent {
         heal: bool,
         inventory: &[ObjectRef],
     ) -> Checked {
+        let values = self.values(channel);
         match &self.applier {
             Applier::Kube(k) => k
-                .check(channel, bundle, heal, inventory)
+                .check(channel, values.as_ref(), bundle, heal, inventory)
                 .await
                 .unwrap_or_else(|o| Checked {
                     errors: o.errors.iter().map(|e| e.message.clone()).collect(),
                     ..Checked::default()
                 }),
-            Applier::Dir(d) => d.check(channel, bundle, heal),
+            Applier::Dir(d) => d.check(channel, values.as_ref(), bundle, heal),
         }
     }
 
@@ -881,6 +912,13 @@ impl Agent {
                 Ok(Some((desired, tag))) => {
                     failures = 0;
                     let mut complete = true;
+                    // The assignment first: it decides which of the channels below may run.
+                    if let Some(envelope) = &desired.assignment
+                        && let Err(error) = self.take_assignment("hub", envelope).await
+                    {
+                        warn!(%error, "Taking the hub's assignment failed");
+                        complete = false;
+                    }
                     let assigned = desired.channels.iter().map(|c| c.channel.clone()).collect();
                     if let Err(error) = self.store.set_assigned(&assigned) {
                         warn!(%error, "Recording the hub's channels failed");
@@ -922,6 +960,18 @@ impl Agent {
                                 continue;
                             }
                         };
+                        // Not for this cluster now (unassigned, or above its pin): nothing is
+                        // fetched; a newer assignment comes with a new desired state.
+                        if let Err(error) = self.admit(&statement.channel, statement.generation, true) {
+                            self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                            warn!(%error, channel = %ch.channel, generation = statement.generation, "Desired bundle not admitted by this cluster's assignment; not fetched");
+                            let mut r = Self::base_report(&ch.channel, ReportOutcome::Rejected);
+                            r.generation = Some(statement.generation);
+                            r.sha256 = Some(statement.bundle.sha256);
+                            r.message = Some(format!("bundle from hub not admitted: {error}"));
+                            self.report(r);
+                            continue;
+                        }
                         let (digest, size) = (statement.bundle.sha256, statement.bundle.size);
                         let partial = self
                             .config
@@ -1029,6 +1079,20 @@ impl Agent {
             return;
         };
         loop {
+            // Assignments first: they decide which of the bundles may run.
+            for (file, stamp) in crate::source::scan_assignment_files(&dir) {
+                if self.refused_imports.lock().expect("imports").get(&file) == Some(&stamp) {
+                    continue;
+                }
+                match self.import_assignment(&file).await {
+                    Ok(TakenAssignment::Refused(_)) => {
+                        // Said once; looked at again only when the file changes.
+                        self.refused_imports.lock().expect("imports").insert(file, stamp);
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!(%error, file = %file.display(), "Assignment import failed"),
+                }
+            }
             for pair in scan_import_dir(&dir) {
                 let seen =
                     self.refused_imports.lock().expect("imports").get(&pair.bundle) == Some(&pair.stamp);
@@ -1042,7 +1106,7 @@ impl Agent {
                     continue;
                 }
                 match self.import_files(&pair.bundle, &pair.envelope, true).await {
-                    Ok(Offered::Older { .. }) => {
+                    Ok(Offered::Older { .. } | Offered::NotAssigned(_)) => {
                         // Not looked at again while unchanged; left where it is.
                         self.refused_imports
                             .lock()

@@ -8,7 +8,7 @@ use skiff_proto::verify::Policy;
 
 use std::sync::Arc;
 
-use crate::agent::{Agent, Offered};
+use crate::agent::{Agent, Offered, TakenAssignment};
 use crate::config::{AgentConfig, Overrides, Target};
 use crate::verify::{check_files, load_trust};
 
@@ -50,6 +50,17 @@ pub enum Command {
         bundle: PathBuf,
         /// Its envelope (<sha256>.dsse.json).
         envelope: PathBuf,
+    },
+    /// Take a signed assignment carried in by hand (`<cluster>.assignment.json`, from
+    /// `skiff-hub export`): which channels this cluster runs, up to which generation, with
+    /// which values. Needs the agent stopped (its store is locked); the running agent takes
+    /// `*.assignment.json` files from its import_dir by itself.
+    ImportAssignment {
+        /// The agent's settings.
+        #[command(flatten)]
+        run: RunArgs,
+        /// The assignment envelope.
+        file: PathBuf,
     },
     /// Compare the cluster with what was applied, once, and print the drift (the running
     /// agent does this every drift_interval). Needs the agent stopped (its store is locked).
@@ -273,6 +284,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     ),
                     Offered::Failed(why) => anyhow::bail!("imported, but applying failed: {why}"),
                     Offered::Rejected(why) => anyhow::bail!("{} rejected: {why}", bundle.display()),
+                    Offered::NotAssigned(why) => anyhow::bail!(
+                        "{} not admitted: {why} (import this cluster's newer assignment first)",
+                        bundle.display()
+                    ),
+                }
+                Ok(())
+            })
+        }
+        Command::ImportAssignment { run, file } => {
+            crate::telemetry::init_logging(false).map_err(anyhow::Error::msg)?;
+            let mut config = run.load()?;
+            config.hub = None;
+            runtime()?.block_on(async {
+                let agent = Agent::new(config).await?;
+                match agent.import_assignment(&file).await? {
+                    TakenAssignment::Accepted(seq) => {
+                        println!("assignment sequence {seq} taken from {}", file.display())
+                    }
+                    TakenAssignment::Unchanged => {
+                        println!("{} is the assignment in effect already", file.display())
+                    }
+                    TakenAssignment::Refused(why) => anyhow::bail!("{} refused: {why}", file.display()),
                 }
                 Ok(())
             })

@@ -120,6 +120,78 @@ pub struct AgentConfig {
     /// Per-channel settings.
     #[serde(default)]
     pub channels: std::collections::BTreeMap<String, ChannelSettings>,
+    /// Apply nothing until a signed assignment for this cluster arrives (default false: an
+    /// agent that has never had one takes the channels the hub offers or `channels` lists;
+    /// once one has been accepted, one is always required).
+    #[serde(default)]
+    pub require_assignment: bool,
+    /// A YAML file of `name: value` pairs substituted into channels that ask for
+    /// substitution, for values that must not leave the site. Local trust: whoever can
+    /// write this file decides these values. The assignment's values win over the file's;
+    /// the file's are never reported.
+    pub values_file: Option<PathBuf>,
+    /// The values read from `values_file`.
+    #[serde(skip)]
+    pub local_values: std::collections::BTreeMap<String, String>,
+}
+
+/// Reads a local values file: a mapping of variable names to scalars (kept as text).
+pub fn read_values_file(path: &Path) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+    use skiff_proto::assignment::limits;
+    let invalid = |key: String, reason: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        key,
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if meta.len() > 1 << 20 {
+        return Err(invalid(
+            "(file)".into(),
+            format!("{} bytes, more than 1 MiB", meta.len()),
+        ));
+    }
+    let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let docs = skiff_proto::manifest::parse_file(&path.display().to_string(), &text)
+        .map_err(|e| invalid("(file)".into(), e.to_string()))?;
+    let mut out = std::collections::BTreeMap::new();
+    let Some(doc) = docs.into_iter().next() else {
+        return Ok(out);
+    };
+    let serde_json::Value::Object(map) = doc.value else {
+        return Err(invalid(
+            "(top level)".into(),
+            "must be a mapping of name: value".into(),
+        ));
+    };
+    if map.len() > limits::MAX_VALUES {
+        return Err(invalid(
+            "(top level)".into(),
+            format!("{} values, more than {}", map.len(), limits::MAX_VALUES),
+        ));
+    }
+    for (k, v) in map {
+        skiff_proto::values::check_variable_name(&k).map_err(|why| invalid(k.clone(), why.into()))?;
+        let text = match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => return Err(invalid(k, "must be a string, number or boolean".into())),
+        };
+        if text.len() > limits::MAX_VALUE_BYTES {
+            return Err(invalid(
+                k,
+                format!("{} bytes, more than {}", text.len(), limits::MAX_VALUE_BYTES),
+            ));
+        }
+        out.insert(k, text);
+    }
+    Ok(out)
 }
 
 /// Settings for one channel.
@@ -227,7 +299,7 @@ impl AgentConfig {
         set("import_dir", path_value(&o.import_dir));
         set("kubeconfig", path_value(&o.kubeconfig));
         set("listen", o.listen.map(|l| serde_json::json!(l.to_string())));
-        let config: AgentConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut config: AgentConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             invalid(
                 if key == "." { "(top level)" } else { &key },
@@ -266,6 +338,9 @@ impl AgentConfig {
                 "cluster",
                 format!("{:?} is not a valid cluster name", config.cluster),
             ));
+        }
+        if let Some(file) = &config.values_file {
+            config.local_values = read_values_file(file)?;
         }
         Ok(config)
     }

@@ -327,7 +327,31 @@ pub struct ImportPair {
     pub envelope_bytes: Vec<u8>,
     /// What identifies this version of the files: (bundle size, bundle mtime, envelope
     /// size, envelope mtime). A rejected pair is not looked at again until it changes.
-    pub stamp: (u64, std::time::SystemTime, u64, std::time::SystemTime),
+    pub stamp: ImportStamp,
+}
+
+/// What identifies a version of import files: sizes and modification times.
+pub type ImportStamp = (u64, std::time::SystemTime, u64, std::time::SystemTime);
+
+/// Files named `*.assignment.json` in the import folder (regular files within the
+/// assignment envelope cap), with their (size, mtime) stamp, sorted by name.
+pub fn scan_assignment_files(dir: &Path) -> Vec<(PathBuf, ImportStamp)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(PathBuf, ImportStamp)> = entries
+        .flatten()
+        .take(10_000)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".assignment.json"))
+        .filter_map(|e| {
+            let meta = std::fs::symlink_metadata(e.path()).ok()?;
+            let small = meta.len() <= skiff_proto::assignment::limits::MAX_ENVELOPE_BYTES as u64;
+            let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+            (meta.is_file() && small).then(|| (e.path(), (meta.len(), mtime, 0, std::time::UNIX_EPOCH)))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The pairs in `dir` worth offering: the envelope is a regular file within the envelope

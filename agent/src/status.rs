@@ -16,10 +16,21 @@ fn from_store(dir: &Path) -> anyhow::Result<Value> {
     }
     let store = Store::open(dir)?;
     Ok(json!({
+        "assignment": store.assignment()?.map(|a| assignment_summary(&a.assignment)),
         "channels": store.channels()?,
         "outbox": store.outbox_len()?,
         "dropped": store.dropped()?,
     }))
+}
+
+/// What `status` shows of the assignment in effect.
+pub fn assignment_summary(a: &skiff_proto::assignment::Assignment) -> Value {
+    json!({
+        "sequence": a.sequence,
+        "issued": a.issued,
+        "expires": a.expires,
+        "channels": a.channels.iter().map(|c| json!({"channel": c.channel, "maxGeneration": c.max_generation})).collect::<Vec<_>>(),
+    })
 }
 
 fn load(dir: &Path) -> anyhow::Result<(Value, bool)> {
@@ -54,6 +65,33 @@ pub fn print(dir: &Path, json_output: bool) -> anyhow::Result<()> {
             "(agent running: from its snapshot written {})",
             status["written"].as_str().unwrap_or("-")
         );
+    }
+    let a = &status["assignment"];
+    if let Some(seq) = a["sequence"].as_u64() {
+        let pinned = |c: &Value| match c["maxGeneration"].as_u64() {
+            Some(p) => format!("{} (pinned at {p})", c["channel"].as_str().unwrap_or("?")),
+            None => c["channel"].as_str().unwrap_or("?").to_owned(),
+        };
+        let channels: Vec<String> = a["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(pinned)
+            .collect();
+        println!(
+            "assignment: sequence {seq}, signed {}{}; channels: {}",
+            a["issued"].as_str().unwrap_or("-"),
+            a["expires"]
+                .as_str()
+                .map_or(String::new(), |e| format!(", expires {e}")),
+            if channels.is_empty() {
+                "none".to_owned()
+            } else {
+                channels.join(", ")
+            }
+        );
+    } else {
+        println!("assignment: none yet");
     }
     let channels = status["channels"].as_object().cloned().unwrap_or_default();
     if channels.is_empty() {

@@ -65,6 +65,21 @@ pub struct Applied {
     pub objects: u64,
 }
 
+/// An accepted assignment, as stored: the envelope (re-checked on read), what it says, and
+/// its payload digest (anti-rollback).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredAssignment {
+    /// The signed envelope.
+    pub envelope: Envelope,
+    /// What it says.
+    pub assignment: skiff_proto::assignment::Assignment,
+    /// SHA-256 of its payload.
+    pub digest: Sha256Digest,
+    /// When it was accepted.
+    pub at: Timestamp,
+}
+
 /// Everything known about one channel.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -332,6 +347,21 @@ impl Store {
             self.set_meta("dropped", total.to_string().as_bytes())?;
         }
         Ok(report)
+    }
+
+    /// The assignment in effect (the newest accepted), if any.
+    pub fn assignment(&self) -> Result<Option<StoredAssignment>, StoreError> {
+        match self.meta("assignment")? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| self.err(format!("assignment: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a newly accepted assignment.
+    pub fn put_assignment(&self, a: &StoredAssignment) -> Result<(), StoreError> {
+        self.set_meta("assignment", &serde_json::to_vec(a).expect("serializes"))
     }
 
     /// Channels the hub last said this cluster runs (from its desired state); `None` until

@@ -52,6 +52,8 @@ pub struct BuildRequest {
     pub render: RenderMode,
     /// Longest a render may take.
     pub timeout: Duration,
+    /// The channel substitutes values: `${…}` references are checked as placeholders.
+    pub substitute: bool,
 }
 
 /// A built and signed bundle.
@@ -136,9 +138,9 @@ pub fn build(request: &BuildRequest, key: &SigningKey) -> Result<Built, BuildErr
                 RenderMode::Auto => render::dir_is_kustomization(dir),
             };
             let files = if kustomize {
-                render::kustomize_dir(dir, &origin, request.timeout)?
+                render::kustomize_dir(dir, &origin, request.timeout, request.substitute)?
             } else {
-                render::validate_plain(render::from_dir(dir)?, &origin)?
+                render::validate_plain(render::from_dir(dir)?, &origin, request.substitute)?
             };
             let source = Source {
                 repo: request.source_repo.clone(),
@@ -160,9 +162,16 @@ pub fn build(request: &BuildRequest, key: &SigningKey) -> Result<Built, BuildErr
                 RenderMode::Auto => render::tree_is_kustomization(&entries),
             };
             let files = if kustomize {
-                render::kustomize_git(&repo, &commit, &path, &origin, request.timeout)?
+                render::kustomize_git(
+                    &repo,
+                    &commit,
+                    &path,
+                    &origin,
+                    request.timeout,
+                    request.substitute,
+                )?
             } else {
-                render::validate_plain(render::from_git(&repo, entries)?, &origin)?
+                render::validate_plain(render::from_git(&repo, entries)?, &origin, request.substitute)?
             };
             let source = Source {
                 repo: request

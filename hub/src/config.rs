@@ -155,6 +155,85 @@ pub struct ChannelConfig {
     /// Statements expire this long after signing (agents then refuse them).
     #[serde(default, deserialize_with = "skiff_proto::config::opt_duration")]
     pub expires_after: Option<Duration>,
+    /// Substitute `${name}` references in the channel's manifests on each cluster (default:
+    /// on when `values` or `customizations` are set).
+    pub substitute: Option<bool>,
+    /// Values for every cluster the channel targets (the least specific).
+    #[serde(default)]
+    pub values: Values,
+    /// Values for the clusters a label selector matches; a selector with more labels is
+    /// more specific and wins, and of equally specific ones the later wins.
+    #[serde(default)]
+    pub customizations: Vec<Customization>,
+    /// What agents do with the channel's objects when it no longer targets them: `prune`
+    /// (default) or `keep`.
+    #[serde(default)]
+    pub on_unassign: skiff_proto::assignment::OnUnassign,
+}
+
+impl ChannelConfig {
+    /// Whether the channel's manifests are substituted.
+    pub fn substitutes(&self) -> bool {
+        self.substitute
+            .unwrap_or(!self.values.is_empty() || !self.customizations.is_empty())
+    }
+}
+
+/// Values by variable name. YAML numbers and booleans are taken as their text.
+pub type Values = BTreeMap<String, ScalarText>;
+
+/// A scalar read as text (`replicas: 3` is "3").
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ScalarText(pub String);
+
+impl<'de> Deserialize<'de> for ScalarText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Self(s)),
+            serde_json::Value::Number(n) => Ok(Self(n.to_string())),
+            serde_json::Value::Bool(b) => Ok(Self(b.to_string())),
+            other => Err(serde::de::Error::custom(format!(
+                "a value must be a string, number or boolean, not {other}"
+            ))),
+        }
+    }
+}
+
+/// Values for the clusters a selector matches.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Customization {
+    /// A name for status and errors (optional).
+    #[serde(default)]
+    pub name: String,
+    /// Labels a cluster must all carry.
+    pub selector: BTreeMap<String, String>,
+    /// The values.
+    pub values: Values,
+}
+
+/// How the hub signs assignments.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssignmentConfig {
+    /// Assignments expire this long after signing (default: never); the hub signs a fresh
+    /// one when half of it has passed. An agent that cannot get a fresh one keeps what it
+    /// runs and takes nothing new.
+    #[serde(deserialize_with = "skiff_proto::config::opt_duration")]
+    pub expires_after: Option<Duration>,
+    /// A config change (at start) that would unassign more than this share of a channel's
+    /// clusters at once is refused unless forced (`serve --force-unassign`): a label typo
+    /// must not wipe a fleet. Percent, default 50.
+    pub max_unassign_percent: u8,
+}
+
+impl Default for AssignmentConfig {
+    fn default() -> Self {
+        Self {
+            expires_after: None,
+            max_unassign_percent: 50,
+        }
+    }
 }
 
 /// The whole hub configuration.
@@ -210,6 +289,9 @@ pub struct HubConfig {
         deserialize_with = "skiff_proto::config::duration"
     )]
     pub offline_after: Duration,
+    /// How assignments are signed and guarded.
+    #[serde(default)]
+    pub assignments: AssignmentConfig,
 }
 
 fn default_offline_after() -> Duration {
@@ -297,6 +379,27 @@ pub fn normalize_repo_path(path: &str) -> Result<String, String> {
         }
     }
     Ok(parts.join("/"))
+}
+
+/// Checks values: names as `${…}` references spell them, values within the assignment caps.
+pub fn check_values(values: &Values) -> Result<(), (String, String)> {
+    use skiff_proto::assignment::limits;
+    if values.len() > limits::MAX_VALUES {
+        return Err((
+            String::new(),
+            format!("{} values, more than {}", values.len(), limits::MAX_VALUES),
+        ));
+    }
+    for (k, v) in values {
+        skiff_proto::values::check_variable_name(k).map_err(|why| (k.clone(), why.to_owned()))?;
+        if v.0.len() > limits::MAX_VALUE_BYTES {
+            return Err((
+                k.clone(),
+                format!("{} bytes, more than {}", v.0.len(), limits::MAX_VALUE_BYTES),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Shortest admin token, metrics token or webhook secret accepted.
@@ -556,6 +659,25 @@ impl HubConfig {
                     format!("{ns:?}: {reason}"),
                 ));
             }
+            check_values(&c.values).map_err(|(k, why)| invalid(format!("channels[{i}].values.{k}"), why))?;
+            for (j, z) in c.customizations.iter().enumerate() {
+                let key = format!("channels[{i}].customizations[{j}]");
+                if z.selector.is_empty() {
+                    return Err(invalid(
+                        format!("{key}.selector"),
+                        "empty: it would match every cluster (use the channel's values for that)".into(),
+                    ));
+                }
+                crate::fleet::check_labels(&z.selector)
+                    .map_err(|e| invalid(format!("{key}.selector"), e.to_string()))?;
+                check_values(&z.values).map_err(|(k, why)| invalid(format!("{key}.values.{k}"), why))?;
+            }
+        }
+        if self.assignments.max_unassign_percent > 100 {
+            return Err(invalid(
+                "assignments.max_unassign_percent".into(),
+                "a percentage: 0 to 100".into(),
+            ));
         }
         Ok(())
     }

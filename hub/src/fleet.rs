@@ -14,8 +14,12 @@ use skiff_proto::manifest::check_dns_label;
 use skiff_proto::statement::Timestamp;
 use tokio::sync::watch;
 
-use crate::config::ChannelConfig;
-use crate::store::{ChannelRecord, ClusterRecord, HistoryLimit, ReportMeta, Store, StoreError};
+use crate::assign;
+use crate::config::{AssignmentConfig, ChannelConfig};
+use crate::store::{
+    AssignmentRecord, ChannelRecord, ClusterRecord, HistoryLimit, ReportMeta, Store, StoreError,
+};
+use skiff_proto::keys::SigningKey;
 
 /// A fleet operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,11 @@ pub enum FleetError {
     /// No randomness for a token.
     #[error("no randomness available for a token: {0}")]
     Random(String),
+    /// The configuration would unassign channels from many clusters at once.
+    #[error(
+        "the configuration would unassign {0} at once (more than assignments.max_unassign_percent); if that is meant, start with --force-unassign (SKIFF_HUB_FORCE_UNASSIGN=1), otherwise check the channels' targets and the clusters' labels"
+    )]
+    MassUnassign(String),
 }
 
 /// A cached desired-state answer.
@@ -64,6 +73,25 @@ pub struct ClusterStatus {
     pub offline: bool,
     /// One entry per channel that targets it or that it reported on.
     pub channels: Vec<ClusterChannelStatus>,
+    /// Its signed assignment: sequence, when signed, when it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<AssignmentSummary>,
+    /// Values set for it with `cluster set-values` (all channels).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, String>,
+}
+
+/// A cluster's assignment as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentSummary {
+    /// Its sequence.
+    pub sequence: u64,
+    /// When signed.
+    pub issued: Timestamp,
+    /// When it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Timestamp>,
 }
 
 /// A cluster's view of one channel.
@@ -74,8 +102,15 @@ pub struct ClusterChannelStatus {
     pub channel: String,
     /// Whether the channel currently targets the cluster.
     pub targeted: bool,
+    /// For a channel that no longer targets the cluster: what its agent does with the
+    /// channel's objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_unassign: Option<skiff_proto::assignment::OnUnassign>,
     /// Generation the hub offers.
     pub desired_generation: Option<u64>,
+    /// Highest generation the cluster may run (`cluster pin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<u64>,
     /// Generation the agent last applied successfully (kept when a newer one fails).
     pub applied_generation: Option<u64>,
     /// Outcome of the agent's latest report.
@@ -200,6 +235,8 @@ struct State {
     seen_dirty: HashSet<String>,
     cache: HashMap<String, Arc<DesiredAnswer>>,
     version: u64,
+    /// Each cluster's last signed assignment.
+    assignments: HashMap<String, AssignmentRecord>,
 }
 
 /// The fleet.
@@ -210,6 +247,8 @@ pub struct Fleet {
     changes: watch::Sender<u64>,
     history: HistoryLimit,
     offline_after: std::time::Duration,
+    signer: Option<Arc<SigningKey>>,
+    assignment_config: AssignmentConfig,
 }
 
 /// Hex SHA-256 of a token.
@@ -231,7 +270,8 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), FleetError> {
+/// Checks label keys and values (Kubernetes' rules, as selectors and variables use them).
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), FleetError> {
     for (k, v) in labels {
         let name = k.rsplit('/').next().unwrap_or(k);
         let ok_part = |s: &str, max: usize| {
@@ -310,13 +350,171 @@ impl Fleet {
                 seen_dirty: HashSet::new(),
                 cache: HashMap::new(),
                 version: 0,
+                assignments: HashMap::new(),
             }),
             store,
             channels,
             changes,
             history,
             offline_after: std::time::Duration::from_secs(300),
+            signer: None,
+            assignment_config: AssignmentConfig::default(),
         })
+    }
+
+    /// Signs assignments from now on with `key`: each cluster's is brought up to date now
+    /// (refused when that would unassign more than `max_unassign_percent` of a channel's
+    /// clusters, unless `force`), then whenever a cluster, its labels, values or pins change.
+    pub fn with_assignments(
+        mut self,
+        key: Arc<SigningKey>,
+        config: AssignmentConfig,
+        force: bool,
+    ) -> Result<Self, FleetError> {
+        self.signer = Some(key);
+        self.assignment_config = config;
+        let stored = self.store.assignments()?;
+        let mut state = self.state.write().expect("fleet lock");
+        state.assignments = stored.into_iter().collect();
+        let before: BTreeMap<String, Vec<String>> = state
+            .assignments
+            .iter()
+            .filter(|(n, _)| state.clusters.contains_key(*n))
+            .map(|(n, r)| (n.clone(), r.channels.clone()))
+            .collect();
+        let after: BTreeMap<String, Vec<String>> = state
+            .clusters
+            .values()
+            .map(|c| {
+                let names = assign::content(c, &self.channels)
+                    .channels
+                    .into_iter()
+                    .map(|a| a.channel)
+                    .collect();
+                (c.name.clone(), names)
+            })
+            .collect();
+        let mass = assign::mass_unassigns(&before, &after, self.assignment_config.max_unassign_percent);
+        if !mass.is_empty() {
+            let what = mass
+                .iter()
+                .map(|m| {
+                    format!(
+                        "channel {:?} from {} of its {} clusters",
+                        m.channel, m.losing, m.had
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            if !force {
+                return Err(FleetError::MassUnassign(what));
+            }
+            tracing::warn!(unassigning = %what, "Unassigning channels from many clusters at once (forced)");
+        }
+        self.refresh_assignments(&mut state, None)?;
+        drop(state);
+        Ok(self)
+    }
+
+    /// Signs a new assignment for every cluster (or `only` one) whose content changed or
+    /// whose assignment is past half its life; one store transaction for all. Returns how
+    /// many were signed. A cluster whose assignment would break the format's caps keeps its
+    /// last one, and the reason is logged.
+    fn refresh_assignments(&self, state: &mut State, only: Option<&str>) -> Result<usize, FleetError> {
+        let Some(key) = &self.signer else { return Ok(0) };
+        let now = Timestamp::now();
+        let now_millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let expires_after = self.assignment_config.expires_after;
+        let mut signed = Vec::new();
+        for c in state
+            .clusters
+            .values()
+            .filter(|c| only.is_none_or(|o| o == c.name))
+        {
+            let mut a = assign::content(c, &self.channels);
+            let content = assign::content_digest(&a);
+            let previous = state.assignments.get(&c.name);
+            let renew = |p: &AssignmentRecord| match (p.expires, expires_after) {
+                (Some(e), Some(_)) => {
+                    let half = e.unix_seconds().saturating_sub(p.issued.unix_seconds()) / 2;
+                    now.unix_seconds() >= p.issued.unix_seconds() + half
+                }
+                (None, None) => false,
+                _ => true, // the expiry setting changed
+            };
+            if previous.is_some_and(|p| p.content == content && !renew(p)) {
+                continue;
+            }
+            a.sequence = assign::next_sequence(previous.map(|p| p.sequence), now_millis);
+            a.issued = now;
+            a.expires = expires_after.map(|d| now.plus(d));
+            if let Err(error) = a.check_shape() {
+                tracing::error!(cluster = %c.name, %error, "Assignment not signed: it would break the format's caps; the cluster keeps its last one");
+                continue;
+            }
+            let envelope = a.sign(&[key]);
+            if envelope.to_json().len() > skiff_proto::assignment::limits::MAX_ENVELOPE_BYTES {
+                tracing::error!(cluster = %c.name, "Assignment not signed: larger than agents accept; the cluster keeps its last one");
+                continue;
+            }
+            signed.push((
+                c.name.clone(),
+                AssignmentRecord {
+                    sequence: a.sequence,
+                    content,
+                    channels: a.channels.iter().map(|x| x.channel.clone()).collect(),
+                    issued: a.issued,
+                    expires: a.expires,
+                    envelope,
+                },
+            ));
+        }
+        if signed.is_empty() {
+            return Ok(0);
+        }
+        self.store.put_assignments(&signed)?;
+        let n = signed.len();
+        for (name, record) in signed {
+            state.assignments.insert(name, record);
+        }
+        Ok(n)
+    }
+
+    /// Signs fresh assignments for those past half their life (when they expire); returns
+    /// how many. The hub calls this on a timer.
+    pub fn renew_assignments(&self) -> Result<usize, FleetError> {
+        if self.assignment_config.expires_after.is_none() {
+            return Ok(0);
+        }
+        let mut state = self.state.write().expect("fleet lock");
+        let n = self.refresh_assignments(&mut state, None)?;
+        if n > 0 {
+            self.changed(&mut state);
+        }
+        Ok(n)
+    }
+
+    /// Re-signs every cluster's assignment whose content changed (a benchmark and test
+    /// hook for what a config change costs). Returns how many were signed.
+    pub fn resign_all(&self) -> Result<usize, FleetError> {
+        let mut state = self.state.write().expect("fleet lock");
+        let n = self.refresh_assignments(&mut state, None)?;
+        if n > 0 {
+            self.changed(&mut state);
+        }
+        Ok(n)
+    }
+
+    /// A cluster's last signed assignment.
+    pub fn assignment(&self, cluster: &str) -> Option<AssignmentRecord> {
+        self.state
+            .read()
+            .expect("fleet lock")
+            .assignments
+            .get(cluster)
+            .cloned()
     }
 
     /// Sets how long a cluster may be silent before it counts as offline.
@@ -411,20 +609,22 @@ impl Fleet {
             .iter()
             .filter(|(name, _)| self.targets(name, record))
             .filter_map(|(name, r)| {
+                let served = r.served_at_most(record.pins.get(name).copied())?;
                 Some(DesiredChannel {
                     channel: name.clone(),
-                    generation: r.generation,
-                    sha256: r.sha256?,
-                    size: r.size,
-                    commit: r.commit.clone(),
-                    bundle_url: format!("/v1/bundles/{}", r.sha256?),
-                    envelope: r.envelope.clone()?,
+                    generation: served.generation,
+                    sha256: served.sha256,
+                    size: served.size,
+                    commit: served.commit,
+                    bundle_url: format!("/v1/bundles/{}", served.sha256),
+                    envelope: served.envelope,
                 })
             })
             .collect();
         let body = serde_json::to_vec(&Desired {
             cluster: cluster.to_owned(),
             channels,
+            assignment: state.assignments.get(cluster).map(|a| a.envelope.clone()),
         })
         .expect("serializes");
         let etag = format!("\"{}\"", &Sha256Digest::of(&body).to_string()[..32]);
@@ -442,16 +642,25 @@ impl Fleet {
         let Some(record) = state.clusters.get(cluster) else {
             return false;
         };
-        state
-            .channels
-            .iter()
-            .any(|(name, r)| r.sha256.as_ref() == Some(digest) && self.targets(name, record))
+        state.channels.iter().any(|(name, r)| {
+            self.targets(name, record)
+                && r.served_at_most(record.pins.get(name).copied())
+                    .is_some_and(|s| s.sha256 == *digest)
+        })
     }
 
-    /// Whether any channel currently holds `digest`.
+    /// Whether any channel currently serves `digest` (as its current or a kept generation).
     pub fn holds(&self, digest: &Sha256Digest) -> bool {
         let state = self.state.read().expect("fleet lock");
-        state.channels.values().any(|r| r.sha256.as_ref() == Some(digest))
+        state
+            .channels
+            .values()
+            .any(|r| r.sha256.as_ref() == Some(digest) || r.previous.iter().any(|p| p.sha256 == *digest))
+    }
+
+    /// A cluster's record.
+    pub fn cluster_record(&self, name: &str) -> Option<ClusterRecord> {
+        self.state.read().expect("fleet lock").clusters.get(name).cloned()
     }
 
     /// A channel's record.
@@ -485,6 +694,9 @@ impl Fleet {
             name: name.to_owned(),
             token_hash: token_hash(&token),
             labels,
+            values: BTreeMap::new(),
+            channel_values: BTreeMap::new(),
+            pins: BTreeMap::new(),
             created: Timestamp::now(),
             last_seen: None,
             legacy_reports: BTreeMap::new(),
@@ -492,6 +704,7 @@ impl Fleet {
         self.store.put_clusters([&record])?;
         state.tokens.insert(record.token_hash.clone(), name.to_owned());
         state.clusters.insert(name.to_owned(), record);
+        self.refresh_assignments(&mut state, Some(name))?;
         self.changed(&mut state);
         Ok(token)
     }
@@ -518,8 +731,97 @@ impl Fleet {
         self.store.put_clusters([&record])?;
         let labels = record.labels.clone();
         state.clusters.insert(name.to_owned(), record);
+        self.refresh_assignments(&mut state, Some(name))?;
         self.changed(&mut state);
         Ok(labels)
+    }
+
+    /// Sets and removes (`None`) a cluster's values, for every channel or for one; returns
+    /// the values now set there.
+    pub fn set_values(
+        &self,
+        name: &str,
+        channel: Option<&str>,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<BTreeMap<String, String>, FleetError> {
+        use skiff_proto::assignment::limits;
+        if let Some(c) = channel
+            && !self.channels.iter().any(|x| x.name == c)
+        {
+            return Err(FleetError::Invalid(format!("channel {c:?} is not configured")));
+        }
+        for (k, v) in changes {
+            skiff_proto::values::check_variable_name(k)
+                .map_err(|why| FleetError::Invalid(format!("value name {k:?}: {why}")))?;
+            if v.as_ref().is_some_and(|v| v.len() > limits::MAX_VALUE_BYTES) {
+                return Err(FleetError::Invalid(format!(
+                    "value {k:?}: more than {} bytes",
+                    limits::MAX_VALUE_BYTES
+                )));
+            }
+        }
+        self.update_cluster(name, |record| {
+            let values = match channel {
+                Some(c) => record.channel_values.entry(c.to_owned()).or_default(),
+                None => &mut record.values,
+            };
+            for (k, v) in changes {
+                match v {
+                    Some(v) => values.insert(k.clone(), v.clone()),
+                    None => values.remove(k),
+                };
+            }
+            if values.len() > limits::MAX_VALUES {
+                return Err(FleetError::Invalid(format!(
+                    "{} values, more than {}",
+                    values.len(),
+                    limits::MAX_VALUES
+                )));
+            }
+            let now = values.clone();
+            record.channel_values.retain(|_, v| !v.is_empty());
+            Ok(now)
+        })
+    }
+
+    /// Pins a cluster's channel at a generation (`None` unpins): the cluster runs nothing
+    /// newer, and is served the newest generation at or below the pin the hub still holds.
+    pub fn set_pin(&self, name: &str, channel: &str, pin: Option<u64>) -> Result<(), FleetError> {
+        if !self.channels.iter().any(|x| x.name == channel) {
+            return Err(FleetError::Invalid(format!(
+                "channel {channel:?} is not configured"
+            )));
+        }
+        if pin == Some(0) {
+            return Err(FleetError::Invalid("a pin is a generation: 1 or more".to_owned()));
+        }
+        self.update_cluster(name, |record| {
+            match pin {
+                Some(p) => record.pins.insert(channel.to_owned(), p),
+                None => record.pins.remove(channel),
+            };
+            Ok(())
+        })
+    }
+
+    /// Changes a cluster's record through `f`, writes it, signs its new assignment.
+    fn update_cluster<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut ClusterRecord) -> Result<T, FleetError>,
+    ) -> Result<T, FleetError> {
+        let mut state = self.state.write().expect("fleet lock");
+        let mut record = state
+            .clusters
+            .get(name)
+            .cloned()
+            .ok_or_else(|| FleetError::UnknownCluster(name.to_owned()))?;
+        let out = f(&mut record)?;
+        self.store.put_clusters([&record])?;
+        state.clusters.insert(name.to_owned(), record);
+        self.refresh_assignments(&mut state, Some(name))?;
+        self.changed(&mut state);
+        Ok(out)
     }
 
     /// Removes a cluster and its history.
@@ -685,15 +987,24 @@ impl Fleet {
                 .into_iter()
                 .map(|name| {
                     let is_targeted = targeted.contains(name);
+                    let pin = c.pins.get(name).copied();
                     let desired = state
                         .channels
                         .get(name)
-                        .filter(|r| is_targeted && r.generation > 0);
+                        .filter(|_| is_targeted)
+                        .and_then(|r| r.served_at_most(pin));
                     let report = reports.get(name);
                     ClusterChannelStatus {
                         channel: name.clone(),
                         targeted: is_targeted,
+                        on_unassign: self
+                            .channels
+                            .iter()
+                            .find(|x| x.name == **name)
+                            .filter(|_| !is_targeted)
+                            .map(|x| x.on_unassign),
                         desired_generation: desired.map(|r| r.generation),
+                        pin,
                         applied_generation: report
                             .filter(|r| {
                                 matches!(
@@ -722,6 +1033,12 @@ impl Fleet {
                 last_seen,
                 offline: self.is_offline(last_seen),
                 channels,
+                assignment: state.assignments.get(&c.name).map(|a| AssignmentSummary {
+                    sequence: a.sequence,
+                    issued: a.issued,
+                    expires: a.expires,
+                }),
+                values: c.values.clone(),
             });
         }
         Ok(out)

@@ -5,8 +5,10 @@
 //! - [`git`]: trees at exact commits, read with the `git` CLI.
 //! - [`render`]: which files of a tree become a bundle, validated as Kubernetes would read them.
 //! - [`build`]: render → bundle → statement → signed envelope → files.
+//! - [`assign`]: each cluster's assignment (channels, pins, values) as plain data.
 
 pub mod api;
+pub mod assign;
 pub mod build;
 pub mod cli;
 pub mod client;
@@ -14,6 +16,7 @@ pub mod config;
 pub mod fleet;
 pub mod git;
 pub mod ignore;
+pub mod preview;
 pub mod process;
 pub mod render;
 pub mod serve;

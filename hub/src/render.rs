@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use skiff_proto::manifest::{ManifestError, parse_objects};
+use skiff_proto::manifest::{ManifestError, parse_objects, parse_objects_substituted};
 
 use std::time::Duration;
 
@@ -248,6 +248,7 @@ pub fn from_git(repo: &Repo, entries: Vec<TreeEntry>) -> Result<Vec<SourceFile>,
 pub fn validate_plain(
     files: Vec<SourceFile>,
     origin: &str,
+    substitute: bool,
 ) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
     if let Some(k) = files.iter().find(|f| is_kustomization(&f.path)) {
         return Err(RenderError::Kustomization { path: k.path.clone() });
@@ -264,7 +265,7 @@ pub fn validate_plain(
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .filter_map(|f| parse_objects(&f.path, &f.bytes).err())
+                        .filter_map(|f| check_file(f, substitute).err())
                         .collect::<Vec<_>>()
                 })
             })
@@ -279,6 +280,19 @@ pub fn validate_plain(
         Ok(out)
     } else {
         Err(RenderError::Invalid(errors))
+    }
+}
+
+/// Reads one file as an agent will. For a channel that substitutes values, every reference
+/// stands for a placeholder (`x`, or its default), so names and namespaces built from values
+/// are checked in shape; agents check them again with each cluster's values.
+fn check_file(f: &SourceFile, substitute: bool) -> Result<(), ManifestError> {
+    if substitute {
+        let placeholder = |_: &str| Some("x");
+        let mut budget = skiff_proto::manifest::Budget::for_file(f.bytes.len());
+        parse_objects_substituted(&f.path, &f.bytes, &mut budget, &placeholder).map(drop)
+    } else {
+        parse_objects(&f.path, &f.bytes).map(drop)
     }
 }
 
@@ -302,12 +316,13 @@ pub fn kustomize_dir(
     dir: &Path,
     origin: &str,
     timeout: Duration,
+    substitute: bool,
 ) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
     let home = tempfile::tempdir().map_err(|source| RenderError::Io {
         path: std::env::temp_dir(),
         source,
     })?;
-    kustomize_in(dir, home.path(), origin, timeout)
+    kustomize_in(dir, home.path(), origin, timeout, substitute)
 }
 
 /// Runs the renderer in `dir` with nothing of the hub's environment (no tokens, no
@@ -318,6 +333,7 @@ fn kustomize_in(
     home: &Path,
     origin: &str,
     timeout: Duration,
+    substitute: bool,
 ) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
     let mut cmd = if process::on_path("kustomize") {
         let mut c = std::process::Command::new("kustomize");
@@ -352,7 +368,7 @@ fn kustomize_in(
         path: KUSTOMIZE_OUTPUT.to_owned(),
         bytes: out.stdout,
     }];
-    validate_plain(files, origin)
+    validate_plain(files, origin, substitute)
 }
 
 /// Renders the kustomization at `path` of `commit`: the commit's regular files are written
@@ -367,6 +383,7 @@ pub fn kustomize_git(
     path: &str,
     origin: &str,
     timeout: Duration,
+    substitute: bool,
 ) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
     let tmp = tempfile::tempdir().map_err(|source| RenderError::Io {
         path: std::env::temp_dir(),
@@ -431,7 +448,7 @@ pub fn kustomize_git(
             .map_err(io)?;
         std::io::Write::write_all(&mut file, &bytes).map_err(io)?;
     }
-    kustomize_in(&root.join(path), &home, origin, timeout)
+    kustomize_in(&root.join(path), &home, origin, timeout, substitute)
 }
 
 #[cfg(test)]
@@ -481,7 +498,7 @@ mod tests {
                 bytes: b"a: [\n".to_vec(),
             },
         ];
-        let err = validate_plain(files, "x").unwrap_err().to_string();
+        let err = validate_plain(files, "x", false).unwrap_err().to_string();
         assert!(err.starts_with("2 invalid manifest(s)"), "{err}");
         assert!(
             err.contains("bad1.yaml: document 1 (line 1): missing apiVersion"),

@@ -15,7 +15,7 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 
 /// Runs the hub until a termination signal.
-pub async fn run(config: HubConfig) -> anyhow::Result<()> {
+pub async fn run(config: HubConfig, force_unassign: bool) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
@@ -36,7 +36,8 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
                 bytes: config.limits.report_history_bytes,
             },
         )?
-        .with_offline_after(config.offline_after),
+        .with_offline_after(config.offline_after)
+        .with_assignments(key.clone(), config.assignments.clone(), force_unassign)?,
     );
     let metrics = Arc::new(Metrics::default());
     let sources = Arc::new(Sources::new(
@@ -95,6 +96,13 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
             let f = flusher.clone();
             if let Ok(Err(error)) = tokio::task::spawn_blocking(move || f.flush_seen()).await {
                 warn!(%error, "Saving last-seen times failed");
+            }
+            // Assignments that expire are signed again when half their life has passed.
+            let f = flusher.clone();
+            match tokio::task::spawn_blocking(move || f.renew_assignments()).await {
+                Ok(Ok(n)) if n > 0 => info!(renewed = n, "Assignments renewed before they expire"),
+                Ok(Err(error)) => warn!(%error, "Renewing assignments failed"),
+                _ => {}
             }
         }
     });

@@ -314,6 +314,7 @@ impl Sources {
             expires_in: channel.expires_after,
             render: channel.render,
             timeout: self.config.command_timeout,
+            substitute: channel.substitutes(),
         };
         let built = match build(&request, &self.key) {
             Ok(b) => b,
@@ -341,6 +342,7 @@ impl Sources {
             self.fail(channel, record, commit, format!("storing bundle: {error}"));
             return;
         }
+        record.keep_current();
         record.generation = built.statement.generation;
         record.sha256 = Some(digest);
         record.size = built.tarball.len() as u64;

@@ -23,6 +23,9 @@ const LATEST: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("lates
 const REPORT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("report_meta");
 /// Last time each cluster's agent was seen (Unix seconds): written often, so kept small.
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+/// cluster → its last signed assignment (kept when the cluster is removed, so a cluster
+/// registered again under the name continues its sequence).
+const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,79 @@ pub struct ChannelRecord {
     pub last_error: Option<BuildFailure>,
     /// When the current bundle was built.
     pub updated: Option<Timestamp>,
+    /// Earlier generations still served to clusters pinned below the current one (newest
+    /// first, at most [`PREVIOUS_KEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<Served>,
+}
+
+/// Earlier generations a channel keeps serving to pinned clusters.
+pub const PREVIOUS_KEPT: usize = 16;
+
+/// One generation of a channel as served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Served {
+    /// Generation.
+    pub generation: u64,
+    /// Bundle digest.
+    pub sha256: Sha256Digest,
+    /// Bundle size.
+    pub size: u64,
+    /// Source commit.
+    pub commit: Option<String>,
+    /// Signed statement.
+    pub envelope: Envelope,
+}
+
+impl ChannelRecord {
+    /// The current generation as served, if one was built.
+    pub fn served(&self) -> Option<Served> {
+        Some(Served {
+            generation: self.generation,
+            sha256: self.sha256?,
+            size: self.size,
+            commit: self.commit.clone(),
+            envelope: self.envelope.clone()?,
+        })
+    }
+
+    /// The newest generation at or below `pin` (any, without a pin) the hub still holds.
+    pub fn served_at_most(&self, pin: Option<u64>) -> Option<Served> {
+        let current = self.served()?;
+        match pin {
+            Some(p) if current.generation > p => self.previous.iter().find(|s| s.generation <= p).cloned(),
+            _ => Some(current),
+        }
+    }
+
+    /// Moves the current generation into `previous` (before a new one replaces it).
+    pub fn keep_current(&mut self) {
+        if let Some(s) = self.served() {
+            self.previous.insert(0, s);
+            self.previous.truncate(PREVIOUS_KEPT);
+        }
+    }
+}
+
+/// A cluster's last signed assignment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentRecord {
+    /// Its sequence.
+    pub sequence: u64,
+    /// Digest of what it says apart from sequence and times: the same content is never
+    /// signed twice.
+    pub content: Sha256Digest,
+    /// The channels it assigns.
+    pub channels: Vec<String>,
+    /// When it was signed.
+    pub issued: Timestamp,
+    /// When it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Timestamp>,
+    /// The signed envelope.
+    pub envelope: Envelope,
 }
 
 /// A registered cluster: the small record written when an admin changes it. Reports,
@@ -106,6 +182,15 @@ pub struct ClusterRecord {
     pub token_hash: String,
     /// Labels channels select on.
     pub labels: BTreeMap<String, String>,
+    /// Values for every channel of this cluster (`cluster set-values`): the most specific.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, String>,
+    /// Values for one channel of this cluster (`cluster set-values --channel`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub channel_values: BTreeMap<String, BTreeMap<String, String>>,
+    /// Highest generation per channel this cluster may run (`cluster pin`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pins: BTreeMap<String, u64>,
     /// When registered.
     pub created: Timestamp,
     /// Last request from its agent (kept in its own table; read from records written by
@@ -177,6 +262,7 @@ impl Store {
             txn.open_table(LATEST)?;
             txn.open_table(REPORT_META)?;
             txn.open_table(SEEN)?;
+            txn.open_table(ASSIGNMENTS)?;
             Ok(())
         })?;
         Ok(store)
@@ -285,6 +371,26 @@ impl Store {
             let mut t = txn.open_table(SEEN)?;
             for (name, at) in seen {
                 t.insert(name.as_str(), at.unix_seconds())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every cluster's last signed assignment.
+    pub fn assignments(&self) -> Result<BTreeMap<String, AssignmentRecord>, StoreError> {
+        self.load(ASSIGNMENTS)
+    }
+
+    /// Writes signed assignments in one transaction.
+    pub fn put_assignments(&self, records: &[(String, AssignmentRecord)]) -> Result<(), StoreError> {
+        let encoded: Vec<(&str, Vec<u8>)> = records
+            .iter()
+            .map(|(name, r)| (name.as_str(), serde_json::to_vec(r).expect("serializes")))
+            .collect();
+        self.write(|txn| {
+            let mut t = txn.open_table(ASSIGNMENTS)?;
+            for (name, bytes) in &encoded {
+                t.insert(*name, bytes.as_slice())?;
             }
             Ok(())
         })

@@ -44,6 +44,10 @@ pub struct Desired {
     pub cluster: String,
     /// Channels, sorted by name.
     pub channels: Vec<DesiredChannel>,
+    /// The cluster's signed assignment (`FORMAT.md` §7): which channels it runs, up to which
+    /// generation, with which values. Agents check it; the list above is only a hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<Envelope>,
 }
 
 /// One channel's current bundle.

@@ -6,19 +6,25 @@
 //! - [`keys`]: Ed25519 keys in PKCS#8 / SPKI PEM and their key ids.
 //! - [`verify`]: the trust set and the numbered verification steps of `FORMAT.md`.
 //! - [`manifest`]: Kubernetes manifests read the way Kubernetes reads them.
+//! - [`assignment`]: the signed per-cluster assignment (channels, pins, values).
+//! - [`values`]: substitution of a cluster's values into manifests.
+//! - [`objects`]: a bundle's objects as applied (substituted, namespaced, labelled).
 //!
 //! No I/O here beyond readers and writers handed in by the caller, and no async runtime;
 //! the two small helpers both binaries' `main` uses ([`error_chain`],
 //! [`exit_quietly_when_stdout_closes`]) are the exception.
 
 pub mod api;
+pub mod assignment;
 pub mod bundle;
 pub mod config;
 pub mod digest;
 pub mod dsse;
 pub mod keys;
 pub mod manifest;
+pub mod objects;
 pub mod statement;
+pub mod values;
 pub mod verify;
 
 pub use digest::Sha256Digest;

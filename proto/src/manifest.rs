@@ -161,6 +161,18 @@ pub enum ManifestError {
         /// What is not supported.
         what: String,
     },
+    /// A `${…}` reference with no value for this cluster and no default.
+    #[error(
+        "{origin}: {path}: variable ${{{variable}}} has no value for this cluster and no default (set it, write ${{{variable}:=default}}, or write $${{{variable}}} to keep it as text)"
+    )]
+    Unset {
+        /// Where.
+        origin: Origin,
+        /// The variable.
+        variable: String,
+        /// The JSON path of the string that names it.
+        path: String,
+    },
     /// A document is not a Kubernetes object.
     #[error("{origin}: {problem}")]
     NotAnObject {
@@ -185,6 +197,15 @@ pub fn parse_file_within(
     bytes: &[u8],
     shared: &mut Budget,
 ) -> Result<Vec<Document>, ManifestError> {
+    parse_documents(file, bytes, shared, false)
+}
+
+fn parse_documents(
+    file: &str,
+    bytes: &[u8],
+    shared: &mut Budget,
+    mark: bool,
+) -> Result<Vec<Document>, ManifestError> {
     let text = std::str::from_utf8(bytes).map_err(|_| ManifestError::NotUtf8 {
         file: file.to_owned(),
     })?;
@@ -205,7 +226,7 @@ pub fn parse_file_within(
         shared.nodes = shared.nodes.saturating_sub(len);
         Ok(docs)
     } else {
-        let (docs, left) = yaml_documents(file, text, budget)?;
+        let (docs, left) = yaml_documents(file, text, budget, mark)?;
         shared.bytes -= budget.bytes - left.bytes;
         shared.nodes -= budget.nodes - left.nodes;
         Ok(docs)
@@ -225,6 +246,58 @@ pub fn parse_objects_within(
 ) -> Result<Vec<Object>, ManifestError> {
     let mut out = Vec::new();
     for doc in parse_file_within(file, bytes, shared)? {
+        out.extend(objects_of(file, doc)?);
+    }
+    Ok(out)
+}
+
+/// Looks a variable up: its value, if it has one.
+pub type Lookup<'v> = dyn Fn(&str) -> Option<&'v str> + 'v;
+
+/// [`parse_objects_within`] with values substituted into every document before it is
+/// checked as an object (names may hold references), as [`crate::values`] describes. A
+/// reference with no value and no default fails the file, naming document, line, path and
+/// variable.
+pub fn parse_objects_substituted<'v>(
+    file: &str,
+    bytes: &[u8],
+    shared: &mut Budget,
+    lookup: &Lookup<'v>,
+) -> Result<Vec<Object>, ManifestError> {
+    let mut out = Vec::new();
+    for mut doc in parse_documents(file, bytes, shared, true)? {
+        let origin = |item: Option<usize>| Origin {
+            file: file.to_owned(),
+            index: doc.index,
+            line: doc.line,
+            item,
+        };
+        let unset = |origin: Origin, m: crate::values::Missing| ManifestError::Unset {
+            origin,
+            variable: m.variable,
+            path: m.path,
+        };
+        let is_list = doc
+            .value
+            .get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k.ends_with("List"));
+        let list_items = match doc.value.get_mut("items") {
+            Some(Value::Array(items)) if is_list => Some(items),
+            _ => None,
+        };
+        match list_items {
+            Some(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    crate::values::substitute_object(item, lookup).map_err(|m| unset(origin(Some(i)), m))?;
+                }
+            }
+            None => {
+                crate::values::substitute_object(&mut doc.value, lookup)
+                    .map_err(|m| unset(origin(None), m))?;
+            }
+        }
+        crate::values::unmark(&mut doc.value);
         out.extend(objects_of(file, doc)?);
     }
     Ok(out)
@@ -492,10 +565,15 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// Parses multi-document YAML; empty documents are skipped but counted. The text's own
 /// [`Budget::for_file`] applies.
 pub fn parse_yaml(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
-    yaml_documents(file, text, Budget::for_file(text.len())).map(|(docs, _)| docs)
+    yaml_documents(file, text, Budget::for_file(text.len()), false).map(|(docs, _)| docs)
 }
 
-fn yaml_documents(file: &str, text: &str, budget: Budget) -> Result<(Vec<Document>, Budget), ManifestError> {
+fn yaml_documents(
+    file: &str,
+    text: &str,
+    budget: Budget,
+    mark: bool,
+) -> Result<(Vec<Document>, Budget), ManifestError> {
     let mut options = Options::default();
     // libyaml (and so go-yaml) adds no line feed to a block scalar that ends the input.
     options.block_scalar_eof_without_line_feed = true;
@@ -508,6 +586,7 @@ fn yaml_documents(file: &str, text: &str, budget: Budget) -> Result<(Vec<Documen
         anchors: HashMap::new(),
         limit: budget.bytes,
         left: budget,
+        mark,
     };
     let mut docs = Vec::new();
     let mut index = 0;
@@ -562,6 +641,8 @@ struct Builder<'a> {
     anchors: HashMap<usize, Anchored>,
     limit: u64,
     left: Budget,
+    /// Mark plain scalars that are exactly one `${…}` reference (see [`crate::values`]).
+    mark: bool,
 }
 
 impl<'a> Builder<'a> {
@@ -639,8 +720,16 @@ impl<'a> Builder<'a> {
                 };
                 self.charge(cost, &span)?;
                 let tag = tag.map(|t| (t.handle().to_owned(), t.suffix().to_owned()));
-                let value = resolve_scalar(&text, style, tag.as_ref().map(|(h, s)| (h.as_str(), s.as_str())))
-                    .map_err(|what| self.unsupported(&span, what))?;
+                let value = if self.mark
+                    && style == ScalarStyle::Plain
+                    && tag.is_none()
+                    && crate::values::is_whole_reference(&text)
+                {
+                    Value::String(format!("{}{text}", crate::values::PLAIN_MARK))
+                } else {
+                    resolve_scalar(&text, style, tag.as_ref().map(|(h, s)| (h.as_str(), s.as_str())))
+                        .map_err(|what| self.unsupported(&span, what))?
+                };
                 (value, anchor)
             }
             Event::Alias(id) => {
@@ -784,6 +873,12 @@ fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<(&str, &str)>) -> 
         return Ok(Value::String(text.to_owned()));
     }
     resolve_plain(text)
+}
+
+/// A plain scalar's value as YAML 1.1 reads it; text that has no JSON form (NaN) stays a
+/// string.
+pub(crate) fn resolve_plain_text(text: &str) -> Value {
+    resolve_plain(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
 fn resolve_plain(text: &str) -> Result<Value, String> {
@@ -1205,5 +1300,39 @@ mod tests {
         let bad = b"apiVersion: v1\nkind: ConfigMapList\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {}\n";
         let err = parse_objects("list.yaml", bad).unwrap_err();
         assert!(err.to_string().contains("items[0]"), "{err}");
+    }
+
+    #[test]
+    fn substitution_types_plain_references_and_names_what_is_unset() {
+        let text = b"apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web-${site}\n  labels: {version: \"${v}\"}\nspec:\n  replicas: ${replicas}\n  paused: ${paused:=false}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: script}\ndata:\n  run.sh: echo $${HOSTNAME} ${site}\n";
+        let vars: std::collections::BTreeMap<&str, &str> =
+            [("site", "s1"), ("v", "2"), ("replicas", "3")].into();
+        let lookup = |n: &str| vars.get(n).copied();
+        let objs =
+            parse_objects_substituted("app.yaml", text, &mut Budget::for_file(text.len()), &lookup).unwrap();
+        assert_eq!(objs[0].name, "web-s1");
+        assert_eq!(objs[0].value["metadata"]["labels"]["version"], "2");
+        assert_eq!(objs[0].value["spec"]["replicas"], 3);
+        assert_eq!(objs[0].value["spec"]["paused"], false);
+        assert_eq!(objs[1].value["data"]["run.sh"], "echo ${HOSTNAME} s1");
+
+        let no_site = |n: &str| if n == "site" { None } else { vars.get(n).copied() };
+        let err = parse_objects_substituted("app.yaml", text, &mut Budget::for_file(text.len()), &no_site)
+            .unwrap_err();
+        let m = err.to_string();
+        assert!(
+            m.contains("app.yaml: document 1 (line 1)")
+                && m.contains(".metadata.name")
+                && m.contains("${site}"),
+            "{m}"
+        );
+
+        // Without substitution, nothing is marked and nothing changes.
+        let plain = parse_objects(
+            "app.yaml",
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata:\n  x: ${y}\n",
+        )
+        .unwrap();
+        assert_eq!(plain[0].value["data"]["x"], "${y}");
     }
 }

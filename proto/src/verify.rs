@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::Sha256Digest;
+use crate::assignment::{ASSIGNMENT_PAYLOAD_TYPE, Assignment, AssignmentError};
 use crate::bundle::{Bundle, BundleError, Limits, read_bundle};
 use crate::dsse::{DsseError, Envelope, PAYLOAD_TYPE, decode_base64, pae};
 use crate::keys::PublicKey;
@@ -89,10 +90,12 @@ pub enum VerifyError {
     #[error("{0}")]
     Envelope(#[from] DsseError),
     /// Step 2: not a skiff statement.
-    #[error("envelope payloadType is {found:?}, expected {PAYLOAD_TYPE:?}")]
+    #[error("envelope payloadType is {found:?}, expected {expected:?}")]
     WrongPayloadType {
         /// The payload type found.
         found: String,
+        /// The payload type wanted.
+        expected: &'static str,
     },
     /// Step 3: the envelope carries no signature at all.
     #[error("envelope has no signatures")]
@@ -185,6 +188,9 @@ pub enum VerifyError {
     /// Step 9: the tarball's content breaks a rule or a cap.
     #[error("bundle content: {0}")]
     Bundle(#[from] BundleError),
+    /// An assignment breaks a rule of `FORMAT.md` §7.
+    #[error("{0}")]
+    Assignment(#[from] AssignmentError),
     /// Step 9: `skiff-bundle.json` names another channel than the signed statement.
     #[error("skiff-bundle.json is for channel {bundle:?}, the statement for {statement:?}")]
     BundleChannelMismatch {
@@ -218,10 +224,48 @@ impl TrustSet {
 
     /// Steps 2–4: checks the payload type and the signatures, then parses the statement.
     pub fn verify_envelope(&self, envelope: &Envelope) -> Result<Statement, VerifyError> {
+        let payload = self.verified_payload(envelope, PAYLOAD_TYPE)?;
+        // Step 4: only a verified payload is parsed.
+        let statement: Statement =
+            serde_json::from_slice(&payload).map_err(|e| VerifyError::MalformedStatement(e.to_string()))?;
+        if statement.statement_type != STATEMENT_TYPE {
+            return Err(VerifyError::MalformedStatement(format!(
+                "_type is {:?}, expected {STATEMENT_TYPE:?}",
+                statement.statement_type
+            )));
+        }
+        if let Err(reason) = check_channel_name(&statement.channel) {
+            return Err(VerifyError::MalformedStatement(format!(
+                "channel {:?}: {reason}",
+                statement.channel
+            )));
+        }
+        if statement.generation == 0 {
+            return Err(VerifyError::MalformedStatement(
+                "generation must be 1 or more".to_owned(),
+            ));
+        }
+        Ok(statement)
+    }
+
+    /// `FORMAT.md` §7.2 steps 1–3 for an assignment: payload type, signatures (as for a
+    /// statement), then its shape. Returns it with the SHA-256 of its payload.
+    pub fn verify_assignment(&self, envelope: &Envelope) -> Result<(Assignment, Sha256Digest), VerifyError> {
+        let payload = self.verified_payload(envelope, ASSIGNMENT_PAYLOAD_TYPE)?;
+        let assignment: Assignment = serde_json::from_slice(&payload)
+            .map_err(|e| VerifyError::Assignment(AssignmentError::Malformed(e.to_string())))?;
+        assignment.check_shape()?;
+        Ok((assignment, Sha256Digest::of(&payload)))
+    }
+
+    /// Steps 2–3: the payload type is `expected` and enough trusted keys signed; returns the
+    /// payload bytes (not yet parsed).
+    fn verified_payload(&self, envelope: &Envelope, expected: &'static str) -> Result<Vec<u8>, VerifyError> {
         // Step 2.
-        if envelope.payload_type != PAYLOAD_TYPE {
+        if envelope.payload_type != expected {
             return Err(VerifyError::WrongPayloadType {
                 found: envelope.payload_type.clone(),
+                expected,
             });
         }
         // Step 3: distinct trusted keys with a valid signature over the PAE.
@@ -276,27 +320,7 @@ impl TrustSet {
                 detail: notes.join("; "),
             });
         }
-        // Step 4: only a verified payload is parsed.
-        let statement: Statement =
-            serde_json::from_slice(&payload).map_err(|e| VerifyError::MalformedStatement(e.to_string()))?;
-        if statement.statement_type != STATEMENT_TYPE {
-            return Err(VerifyError::MalformedStatement(format!(
-                "_type is {:?}, expected {STATEMENT_TYPE:?}",
-                statement.statement_type
-            )));
-        }
-        if let Err(reason) = check_channel_name(&statement.channel) {
-            return Err(VerifyError::MalformedStatement(format!(
-                "channel {:?}: {reason}",
-                statement.channel
-            )));
-        }
-        if statement.generation == 0 {
-            return Err(VerifyError::MalformedStatement(
-                "generation must be 1 or more".to_owned(),
-            ));
-        }
-        Ok(statement)
+        Ok(payload)
     }
 }
 

@@ -308,3 +308,50 @@ fn url_safe_unpadded_base64_from_other_dsse_tools_is_accepted() {
     env.payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
     verify(&f, &env.to_json(), &f.bundle.bytes, &Policy::default()).unwrap();
 }
+
+fn assignment(cluster: &str, sequence: u64) -> skiff_proto::assignment::Assignment {
+    use skiff_proto::assignment::{ASSIGNMENT_TYPE, AssignedChannel, Assignment, OnUnassign};
+    Assignment {
+        assignment_type: ASSIGNMENT_TYPE.to_owned(),
+        cluster: cluster.to_owned(),
+        sequence,
+        issued: Timestamp::now(),
+        expires: None,
+        labels: BTreeMap::new(),
+        channels: vec![AssignedChannel {
+            channel: "prod".to_owned(),
+            max_generation: None,
+            on_unassign: OnUnassign::Prune,
+            substitute: false,
+            values: BTreeMap::new(),
+        }],
+    }
+}
+
+#[test]
+fn an_assignment_and_a_statement_never_pass_for_each_other() {
+    let f = fixture();
+    let t = trust(&[&f.key], 1);
+    let a = assignment("shop-1", 3).sign(&[&f.key]);
+    let (back, digest) = t.verify_assignment(&a).unwrap();
+    assert_eq!(back.cluster, "shop-1");
+    assert_eq!(digest, skiff_proto::Sha256Digest::of(&a.payload_bytes().unwrap()));
+    // An assignment offered as a bundle's envelope, and a statement offered as an assignment.
+    let err = verify(&f, &a.to_json(), &f.bundle.bytes, &Policy::default()).unwrap_err();
+    assert!(matches!(err, VerifyError::WrongPayloadType { .. }), "{err}");
+    let s = Envelope::sign_statement(&f.statement, &[&f.key]);
+    let err = t.verify_assignment(&s).unwrap_err();
+    assert!(matches!(err, VerifyError::WrongPayloadType { .. }), "{err}");
+    // Signed by an untrusted key.
+    let stranger = SigningKey::generate().unwrap();
+    let err = t
+        .verify_assignment(&assignment("shop-1", 3).sign(&[&stranger]))
+        .unwrap_err();
+    assert!(matches!(err, VerifyError::BelowThreshold { .. }), "{err}");
+    // The payload changed after signing (the cluster name swapped).
+    let mut tampered = a.clone();
+    let other = assignment("shop-2", 3).sign(&[&stranger]);
+    tampered.payload = other.payload;
+    let err = t.verify_assignment(&tampered).unwrap_err();
+    assert!(matches!(err, VerifyError::BelowThreshold { .. }), "{err}");
+}

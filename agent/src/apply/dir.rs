@@ -12,7 +12,9 @@ use skiff_proto::api::{Drift, ObjectError, ObjectRef};
 use skiff_proto::bundle::Bundle;
 use skiff_proto::manifest::Budget;
 
-use super::{Checked, Desired, Outcome, builtin_cluster_scoped, duplicate_errors, file_objects, prune_set};
+use super::{
+    Checked, Desired, Outcome, Values, builtin_cluster_scoped, duplicate_errors, file_objects, prune_set,
+};
 
 /// Prefix of the temporary files writes go through.
 const TEMP_PREFIX: &str = ".skiff-";
@@ -77,6 +79,7 @@ impl DirApplier {
     /// as errors). Memory: one file's objects, not the bundle's.
     fn each_object(
         channel: &str,
+        values: Option<&Values>,
         bundle: &Bundle,
         mut each: impl FnMut(Desired),
     ) -> Result<Vec<ObjectError>, Outcome> {
@@ -85,7 +88,7 @@ impl DirApplier {
         let mut unreadable = Vec::new();
         let mut budget = Budget::for_bundle(bundle.manifest.total_size);
         for file in &bundle.files {
-            match file_objects(bundle, file, channel, &namespaced, &mut budget) {
+            match file_objects(bundle, file, channel, values, &namespaced, &mut budget) {
                 Ok(objs) => ids.extend(objs.into_iter().map(|o| (o.id, o.origin))),
                 Err(e) => unreadable.push(e),
             }
@@ -97,7 +100,7 @@ impl DirApplier {
         drop(ids);
         let mut budget = Budget::for_bundle(bundle.manifest.total_size);
         for file in &bundle.files {
-            let objs = file_objects(bundle, file, channel, &namespaced, &mut budget)
+            let objs = file_objects(bundle, file, channel, values, &namespaced, &mut budget)
                 .map_err(|e| super::unreadable(vec![e]))?;
             for o in objs {
                 if !duplicates.contains_key(&o.id) {
@@ -110,10 +113,10 @@ impl DirApplier {
 
     /// Compares each object's file with what skiff wrote; rewrites drifted ones when
     /// `heal` allows. Files carry no status, so every object counts as healthy.
-    pub fn check(&self, channel: &str, bundle: &Bundle, heal: bool) -> Checked {
+    pub fn check(&self, channel: &str, values: Option<&Values>, bundle: &Bundle, heal: bool) -> Checked {
         let mut checked = Checked::default();
         let mut expected = std::collections::BTreeSet::new();
-        let result = Self::each_object(channel, bundle, |o| {
+        let result = Self::each_object(channel, values, bundle, |o| {
             let Ok(path) = self.path_of(channel, &o.id) else {
                 return; // never applied either (see `apply`)
             };
@@ -174,9 +177,15 @@ impl DirApplier {
 
     /// Writes every object of the bundle, file by file, then removes what `previous` had
     /// and the bundle lacks (only after every object was written).
-    pub fn apply(&self, channel: &str, bundle: &Bundle, previous: &[ObjectRef]) -> Outcome {
+    pub fn apply(
+        &self,
+        channel: &str,
+        values: Option<&Values>,
+        bundle: &Bundle,
+        previous: &[ObjectRef],
+    ) -> Outcome {
         let mut outcome = Outcome::default();
-        let result = Self::each_object(channel, bundle, |o| {
+        let result = Self::each_object(channel, values, bundle, |o| {
             let path = match self.path_of(channel, &o.id) {
                 Ok(p) => p,
                 Err(message) => {

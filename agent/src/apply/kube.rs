@@ -16,7 +16,8 @@ use skiff_proto::api::{Drift, ObjectError, ObjectRef};
 use skiff_proto::bundle::Bundle;
 
 use super::{
-    Checked, Desired, Health1, Outcome, objects, plan, prunable, prune_set, split_duplicates, unreadable,
+    Checked, Desired, Health1, Outcome, Values, objects, plan, prunable, prune_set, split_duplicates,
+    unreadable,
 };
 
 /// Field manager of every apply.
@@ -238,8 +239,13 @@ impl KubeApplier {
     }
 
     /// The bundle's objects, scoped through discovery (or the bundle's own CRDs).
-    async fn desired_objects(&self, channel: &str, bundle: &Bundle) -> Result<Vec<Desired>, Outcome> {
-        let first = objects(bundle, channel, &|_, _| true).map_err(unreadable)?;
+    async fn desired_objects(
+        &self,
+        channel: &str,
+        values: Option<&Values>,
+        bundle: &Bundle,
+    ) -> Result<Vec<Desired>, Outcome> {
+        let first = objects(bundle, channel, values, &|_, _| true).map_err(unreadable)?;
         let mut scopes: BTreeMap<(String, String), bool> = BTreeMap::new();
         for o in &first {
             if o.id.kind == "CustomResourceDefinition" {
@@ -293,9 +299,15 @@ impl KubeApplier {
 
     /// Applies a bundle's objects for `channel`, then prunes what `previous` had and the
     /// bundle lacks (only when everything applied).
-    pub async fn apply(&self, channel: &str, bundle: &Bundle, previous: &[ObjectRef]) -> Outcome {
+    pub async fn apply(
+        &self,
+        channel: &str,
+        values: Option<&Values>,
+        bundle: &Bundle,
+        previous: &[ObjectRef],
+    ) -> Outcome {
         let mut outcome = Outcome::default();
-        let all = match self.desired_objects(channel, bundle).await {
+        let all = match self.desired_objects(channel, values, bundle).await {
             Ok(all) => all,
             Err(o) => return o,
         };
@@ -387,29 +399,36 @@ impl KubeApplier {
     pub async fn check(
         &self,
         channel: &str,
+        values: Option<&Values>,
         bundle: &Bundle,
         heal: bool,
         inventory: &[ObjectRef],
     ) -> Result<Checked, Outcome> {
-        self.check_with(channel, bundle, heal, true, Some(inventory))
+        self.check_with(channel, values, bundle, heal, true, Some(inventory))
             .await
     }
 
     /// Reads health only (a GET per object, no dry-run): right after an apply, the live
     /// objects are what skiff just wrote.
-    pub async fn health(&self, channel: &str, bundle: &Bundle) -> Result<Checked, Outcome> {
-        self.check_with(channel, bundle, false, false, None).await
+    pub async fn health(
+        &self,
+        channel: &str,
+        values: Option<&Values>,
+        bundle: &Bundle,
+    ) -> Result<Checked, Outcome> {
+        self.check_with(channel, values, bundle, false, false, None).await
     }
 
     async fn check_with(
         &self,
         channel: &str,
+        values: Option<&Values>,
         bundle: &Bundle,
         heal: bool,
         compare: bool,
         only: Option<&[ObjectRef]>,
     ) -> Result<Checked, Outcome> {
-        let (mut all, _duplicates) = split_duplicates(self.desired_objects(channel, bundle).await?);
+        let (mut all, _duplicates) = split_duplicates(self.desired_objects(channel, values, bundle).await?);
         if let Some(only) = only {
             let only: std::collections::BTreeSet<&ObjectRef> = only.iter().collect();
             all.retain(|o| only.contains(&o.id));

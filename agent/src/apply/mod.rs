@@ -8,13 +8,12 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 use skiff_proto::api::{Drift, ObjectError, ObjectRef};
-use skiff_proto::bundle::{Bundle, BundleFile};
-use skiff_proto::manifest::{Budget, ManifestError, parse_objects_within};
+use skiff_proto::manifest::ManifestError;
+pub use skiff_proto::objects::{
+    CHANNEL_LABEL, Desired, Values, WAVE_ANNOTATION, builtin_cluster_scoped, file_objects,
+    make_cluster_scoped, objects,
+};
 
-/// Label put on every applied object.
-pub const CHANNEL_LABEL: &str = "skiff.dev/channel";
-/// Annotation ordering objects in waves (an integer; default 0; lower first).
-pub const WAVE_ANNOTATION: &str = "skiff.dev/wave";
 /// Annotation letting skiff delete and re-create an object whose new state changes an
 /// immutable field (`"true"`), as Flux's `force` and Argo CD's `Replace=true` do; never
 /// without it.
@@ -31,19 +30,6 @@ pub fn recreate_allowed(value: &Value) -> bool {
 
 /// Annotation keeping an object from being pruned (`disabled`).
 pub const PRUNE_ANNOTATION: &str = "skiff.dev/prune";
-
-/// One object to apply.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Desired {
-    /// Its identity (namespace filled in for namespaced kinds).
-    pub id: ObjectRef,
-    /// The object, labelled with its channel.
-    pub value: Value,
-    /// Its wave.
-    pub wave: i64,
-    /// Where it was read (file, document, line).
-    pub origin: String,
-}
 
 /// The result of applying a bundle.
 #[derive(Clone, Debug, Default)]
@@ -74,121 +60,6 @@ pub struct Checked {
     pub stray: Vec<String>,
     /// Objects that could not be compared, with the reason (also in `health` as Unknown).
     pub unknown: Vec<ObjectError>,
-}
-
-/// Kinds that are cluster-scoped among the built-in ones (used where no discovery is at
-/// hand: the `dir` target).
-pub fn builtin_cluster_scoped(api_version: &str, kind: &str) -> bool {
-    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-    matches!(
-        (group, kind),
-        ("", "Namespace" | "Node" | "PersistentVolume")
-            | ("apiextensions.k8s.io", "CustomResourceDefinition")
-            | ("rbac.authorization.k8s.io", "ClusterRole" | "ClusterRoleBinding")
-            | (
-                "storage.k8s.io",
-                "StorageClass" | "CSIDriver" | "CSINode" | "VolumeAttachment"
-            )
-            | ("scheduling.k8s.io", "PriorityClass")
-            | ("networking.k8s.io", "IngressClass")
-            | ("node.k8s.io", "RuntimeClass")
-            | ("apiregistration.k8s.io", "APIService")
-            | (
-                "admissionregistration.k8s.io",
-                "ValidatingWebhookConfiguration"
-                    | "MutatingWebhookConfiguration"
-                    | "ValidatingAdmissionPolicy"
-                    | "ValidatingAdmissionPolicyBinding"
-            )
-            | ("certificates.k8s.io", "CertificateSigningRequest")
-    )
-}
-
-/// Reads a bundle's objects, gives namespaced ones without a namespace the default (as
-/// `kubectl -n` would), labels them with the channel. `namespaced` decides scope. Every
-/// unreadable document is reported, not just the first. The bundle's parse budget
-/// ([`Budget::for_bundle`]) holds across its files.
-pub fn objects(
-    bundle: &Bundle,
-    channel: &str,
-    namespaced: &dyn Fn(&str, &str) -> bool,
-) -> Result<Vec<Desired>, Vec<ManifestError>> {
-    let mut budget = Budget::for_bundle(bundle.manifest.total_size);
-    let mut out = Vec::new();
-    let mut errors = Vec::new();
-    for file in &bundle.files {
-        match file_objects(bundle, file, channel, namespaced, &mut budget) {
-            Ok(objs) => out.extend(objs),
-            Err(e) => errors.push(e),
-        }
-    }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
-}
-
-/// The objects of one file of a bundle, as [`objects`] reads them (so a caller can work
-/// file by file, holding one file's objects at a time).
-pub fn file_objects(
-    bundle: &Bundle,
-    file: &BundleFile,
-    channel: &str,
-    namespaced: &dyn Fn(&str, &str) -> bool,
-    budget: &mut Budget,
-) -> Result<Vec<Desired>, ManifestError> {
-    let default_ns = bundle.manifest.default_namespace.as_deref().unwrap_or("default");
-    let objs = parse_objects_within(&file.path, &file.bytes, budget)?;
-    Ok(objs
-        .into_iter()
-        .map(|o| {
-            let mut value = o.value;
-            let namespace = if namespaced(&o.api_version, &o.kind) {
-                Some(o.namespace.unwrap_or_else(|| default_ns.to_owned()))
-            } else {
-                None
-            };
-            let meta = value["metadata"].as_object_mut().expect("checked by the parser");
-            match &namespace {
-                Some(ns) => {
-                    meta.insert("namespace".into(), Value::String(ns.clone()));
-                }
-                None => {
-                    meta.remove("namespace");
-                }
-            }
-            let labels = meta.entry("labels").or_insert_with(|| serde_json::json!({}));
-            if !labels.is_object() {
-                *labels = serde_json::json!({});
-            }
-            labels[CHANNEL_LABEL] = Value::String(channel.to_owned());
-            let wave = meta
-                .get("annotations")
-                .and_then(|a| a.get(WAVE_ANNOTATION))
-                .and_then(|w| {
-                    w.as_str()
-                        .and_then(|s| s.trim().parse().ok())
-                        .or_else(|| w.as_i64())
-                })
-                .unwrap_or(0);
-            Desired {
-                id: ObjectRef {
-                    api_version: o.api_version,
-                    kind: o.kind,
-                    namespace,
-                    name: o.name,
-                },
-                value,
-                wave,
-                origin: o.origin.to_string(),
-            }
-        })
-        .collect())
-}
-
-/// Drops the namespace of an object found to be cluster-scoped.
-pub fn make_cluster_scoped(o: &mut Desired) {
-    o.id.namespace = None;
-    if let Some(meta) = o.value.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("namespace");
-    }
 }
 
 /// Objects defined more than once, by identity, with an error naming where each copy is

@@ -43,6 +43,34 @@ pub struct LabelCluster {
     pub labels: BTreeMap<String, Option<String>>,
 }
 
+/// `POST /v1/admin/clusters/{cluster}/values` body: values to set (string) or remove (null),
+/// for every channel or for `channel`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SetValues {
+    /// Only this channel's values.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Changes.
+    pub values: BTreeMap<String, Option<String>>,
+}
+
+/// `POST /v1/admin/clusters/{cluster}/pins` body: pin `channel` at `generation`, or unpin
+/// (null).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SetPin {
+    /// The channel.
+    pub channel: String,
+    /// Highest generation the cluster may run; null unpins.
+    pub generation: Option<u64>,
+}
+
+/// `GET /v1/admin/clusters/{cluster}/render?channel=C`
+#[derive(Debug, Deserialize)]
+pub struct RenderQuery {
+    /// Only this channel.
+    pub channel: Option<String>,
+}
+
 fn fleet_error(e: FleetError) -> Response {
     match e {
         FleetError::UnknownCluster(_) => error(StatusCode::NOT_FOUND, e.to_string()),
@@ -132,6 +160,72 @@ pub async fn label_cluster(
     match state.fleet.label_cluster(&cluster, &req.labels) {
         Ok(labels) => Json(serde_json::json!({"cluster": cluster, "labels": labels})).into_response(),
         Err(e) => fleet_error(e),
+    }
+}
+
+/// `POST /v1/admin/clusters/{cluster}/values`
+pub async fn set_values(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    admin!(state, headers);
+    let req: SetValues = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    match state
+        .fleet
+        .set_values(&cluster, req.channel.as_deref(), &req.values)
+    {
+        Ok(values) => {
+            tracing::info!(cluster = %cluster, channel = req.channel.as_deref().unwrap_or("*"), "Cluster values changed");
+            Json(serde_json::json!({"cluster": cluster, "channel": req.channel, "values": values}))
+                .into_response()
+        }
+        Err(e) => fleet_error(e),
+    }
+}
+
+/// `POST /v1/admin/clusters/{cluster}/pins`
+pub async fn set_pin(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    admin!(state, headers);
+    let req: SetPin = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    match state.fleet.set_pin(&cluster, &req.channel, req.generation) {
+        Ok(()) => {
+            tracing::info!(cluster = %cluster, channel = %req.channel, pin = ?req.generation, "Cluster pin changed");
+            Json(serde_json::json!({"cluster": cluster, "channel": req.channel, "pin": req.generation}))
+                .into_response()
+        }
+        Err(e) => fleet_error(e),
+    }
+}
+
+/// `GET /v1/admin/clusters/{cluster}/render[?channel=C]`: the objects the cluster would
+/// apply, values substituted.
+pub async fn render(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<RenderQuery>,
+) -> Response {
+    admin!(state, headers);
+    let fleet = state.fleet.clone();
+    match tokio::task::spawn_blocking(move || crate::preview::render(&fleet, &cluster, q.channel.as_deref()))
+        .await
+    {
+        Ok(Ok(channels)) => Json(channels).into_response(),
+        Ok(Err(e)) => fleet_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -84,6 +84,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(admin::history).post(admin::import_reports),
         )
         .route("/v1/admin/clusters/{cluster}/desired", get(admin::desired))
+        .route("/v1/admin/clusters/{cluster}/values", post(admin::set_values))
+        .route("/v1/admin/clusters/{cluster}/pins", post(admin::set_pin))
+        .route("/v1/admin/clusters/{cluster}/render", get(admin::render))
         .route("/v1/admin/channels", get(admin::list_channels))
         .route("/v1/admin/channels/{channel}/refresh", post(admin::refresh))
         .route("/v1/admin/status", get(admin::list_clusters))

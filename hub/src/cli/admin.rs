@@ -68,6 +68,18 @@ pub(super) async fn cluster_detail(hub: &HubArgs, name: &str, output: Output) ->
             seen
         }
     );
+    match &c.assignment {
+        Some(a) => println!(
+            "Assigned:  sequence {}, signed {}{}",
+            a.sequence,
+            a.issued,
+            a.expires.map_or(String::new(), |e| format!(", expires {e}"))
+        ),
+        None => println!("Assigned:  - (no signed assignment yet)"),
+    }
+    if !c.values.is_empty() {
+        println!("Values:    {}", labels_text(&c.values));
+    }
     for ch in &c.channels {
         let g = |v: Option<u64>| v.map_or("-".to_owned(), |g| g.to_string());
         println!();
@@ -75,12 +87,15 @@ pub(super) async fn cluster_detail(hub: &HubArgs, name: &str, output: Output) ->
             "Channel {}{}",
             ch.channel,
             if ch.targeted {
-                ""
+                String::new()
             } else {
-                " (no longer targeted: kept, not enforced)"
+                format!(" ({})", untargeted(ch))
             }
         );
         println!("  desired generation: {}", g(ch.desired_generation));
+        if let Some(pin) = ch.pin {
+            println!("  pinned at:          {pin}");
+        }
         println!("  applied generation: {}", g(ch.applied_generation));
         println!(
             "  last report:        {} {}",
@@ -111,6 +126,31 @@ pub(super) async fn cluster_detail(hub: &HubArgs, name: &str, output: Output) ->
         }
     }
     Ok(())
+}
+
+/// `key=value` (set) and `key-` (remove) arguments; `trim_values` for labels (values
+/// keep their spaces).
+fn set_or_remove(changes: &[String], trim_values: bool) -> anyhow::Result<BTreeMap<String, Option<String>>> {
+    let mut out = BTreeMap::new();
+    for c in changes {
+        if let Some((k, v)) = c.split_once('=') {
+            let v = if trim_values { v.trim() } else { v };
+            out.insert(k.trim().to_owned(), Some(v.to_owned()));
+        } else if let Some(k) = c.strip_suffix('-') {
+            out.insert(k.trim().to_owned(), None);
+        } else {
+            anyhow::bail!("{c:?}: expected key=value to set or key- to remove");
+        }
+    }
+    Ok(out)
+}
+
+/// What became of a channel that no longer targets a cluster.
+fn untargeted(ch: &crate::fleet::ClusterChannelStatus) -> &'static str {
+    match ch.on_unassign {
+        Some(skiff_proto::assignment::OnUnassign::Keep) => "untargeted (kept, not enforced)",
+        _ => "untargeted (pruned by its agent)",
+    }
 }
 
 fn labels_text(labels: &BTreeMap<String, String>) -> String {
@@ -202,16 +242,7 @@ pub(super) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             table(&rows);
         }
         ClusterCommand::Label { hub, name, changes } => {
-            let mut labels: BTreeMap<String, Option<String>> = BTreeMap::new();
-            for c in &changes {
-                if let Some((k, v)) = c.split_once('=') {
-                    labels.insert(k.trim().to_owned(), Some(v.trim().to_owned()));
-                } else if let Some(k) = c.strip_suffix('-') {
-                    labels.insert(k.trim().to_owned(), None);
-                } else {
-                    anyhow::bail!("{c:?}: expected key=value to set or key- to remove");
-                }
-            }
+            let labels = set_or_remove(&changes, true)?;
             let r: serde_json::Value = hub
                 .client()?
                 .json(
@@ -223,6 +254,89 @@ pub(super) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             let now: BTreeMap<String, String> =
                 serde_json::from_value(r["labels"].clone()).unwrap_or_default();
             println!("{name}: {}", labels_text(&now));
+        }
+        ClusterCommand::SetValues {
+            hub,
+            name,
+            channel,
+            changes,
+        } => {
+            let values = set_or_remove(&changes, false)?;
+            let r: serde_json::Value = hub
+                .client()?
+                .json(
+                    Method::POST,
+                    &format!("/v1/admin/clusters/{name}/values"),
+                    Some(serde_json::json!({"channel": channel, "values": values})),
+                )
+                .await?;
+            let now: BTreeMap<String, String> =
+                serde_json::from_value(r["values"].clone()).unwrap_or_default();
+            let scope = channel.map_or_else(|| "every channel".to_owned(), |c| format!("channel {c}"));
+            println!("{name} ({scope}): {}", labels_text(&now));
+        }
+        ClusterCommand::Pin {
+            hub,
+            name,
+            channel,
+            generation,
+            clear: _,
+        } => {
+            let _: serde_json::Value = hub
+                .client()?
+                .json(
+                    Method::POST,
+                    &format!("/v1/admin/clusters/{name}/pins"),
+                    Some(serde_json::json!({"channel": channel, "generation": generation})),
+                )
+                .await?;
+            match generation {
+                Some(g) => println!("{name}: channel {channel} pinned at generation {g}"),
+                None => println!("{name}: channel {channel} unpinned"),
+            }
+        }
+        ClusterCommand::Render {
+            hub,
+            name,
+            channel,
+            output,
+        } => {
+            let path = match &channel {
+                Some(c) => format!("/v1/admin/clusters/{name}/render?channel={c}"),
+                None => format!("/v1/admin/clusters/{name}/render"),
+            };
+            let channels: Vec<crate::preview::RenderedChannel> =
+                hub.client()?.json(Method::GET, &path, None).await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&channels)?);
+            } else {
+                for c in &channels {
+                    let generation = c
+                        .generation
+                        .map_or_else(|| "none built".to_owned(), |g| g.to_string());
+                    println!(
+                        "# channel {}, generation {generation}{}",
+                        c.channel,
+                        if c.substitute { ", values substituted" } else { "" }
+                    );
+                    print!("{}", crate::yaml::documents(&c.objects));
+                }
+            }
+            let failed: Vec<String> = channels
+                .iter()
+                .flat_map(|c| {
+                    c.errors
+                        .iter()
+                        .map(move |e| format!("channel {}: {e}", c.channel))
+                })
+                .collect();
+            if !failed.is_empty() {
+                anyhow::bail!(
+                    "this cluster could not apply {} file(s):\n  {}",
+                    failed.len(),
+                    failed.join("\n  ")
+                );
+            }
         }
         ClusterCommand::Remove { hub, name } => {
             let _: serde_json::Value = hub
@@ -360,7 +474,7 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
                     if ch.targeted {
                         ch.result.clone().unwrap_or_else(|| "-".to_owned())
                     } else {
-                        "untargeted (kept, not enforced)".to_owned()
+                        untargeted(ch).to_owned()
                     },
                     match (ch.corrected, ch.unknown) {
                         (0, 0) => ch.drifted.to_string(),
@@ -406,6 +520,12 @@ pub(super) async fn export(hub: &HubArgs, cluster: &str, out: &Path) -> anyhow::
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     if desired.channels.is_empty() {
         eprintln!("no channel targets cluster {cluster}; nothing to export");
+    }
+    // The assignment first: an agent reading the folder takes it before the bundles.
+    if let Some(assignment) = &desired.assignment {
+        let path = out.join(format!("{cluster}.assignment.json"));
+        write_atomic(&path, &assignment.to_json())?;
+        eprintln!("wrote {} (the cluster's signed assignment)", path.display());
     }
     for ch in &desired.channels {
         write_pair(&client, out, &ch.channel, ch.generation, &ch.sha256, &ch.envelope).await?;

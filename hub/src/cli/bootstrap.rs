@@ -81,10 +81,12 @@ fn agent_yaml(a: &Agent, token_file: &str, dir: &str, kube: bool) -> String {
     if a.ca.is_some() {
         y.push_str(&format!("ca_file: {dir}/ca.crt\n"));
     }
-    // Bundles from an import folder are taken only for channels the hub offered or the
-    // config lists: list what targets the cluster today, so an air-gapped site works.
+    // What the cluster runs comes from its signed assignment (from the hub, or from an
+    // export's `<cluster>.assignment.json` on an air-gapped site); a new install takes
+    // nothing without one. The channels that target it today are listed for their
+    // per-channel settings.
     y.push_str(&format!(
-        "channels: {{{}}}\n",
+        "require_assignment: true\nchannels: {{{}}}\n",
         a.channels
             .iter()
             .map(|c| format!("{c}: {{}}"))

@@ -151,6 +151,11 @@ pub struct ServeArgs {
     /// Allow plain HTTP on a non-loopback address.
     #[arg(long, env = "SKIFF_HUB_INSECURE_HTTP")]
     pub insecure_http: bool,
+    /// Start even if the configuration unassigns channels from more than
+    /// `assignments.max_unassign_percent` of their clusters at once (their agents then prune
+    /// or keep those channels' objects, as each channel's `on_unassign` says).
+    #[arg(long, env = "SKIFF_HUB_FORCE_UNASSIGN")]
+    pub force_unassign: bool,
     /// Log format.
     #[arg(long, value_enum, env = "SKIFF_LOG_FORMAT", default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -198,6 +203,55 @@ pub enum ClusterCommand {
         /// key=value to set, key- to remove.
         #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
         changes: Vec<String>,
+    },
+    /// Set (key=value) or remove (key-) the values substituted into a cluster's channels
+    /// (`${key}` in their manifests): the most specific values, above the channel's values
+    /// and customizations. Its agent gets them with its next assignment.
+    SetValues {
+        /// The hub to talk to.
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Cluster name.
+        name: String,
+        /// Only for this channel (default: every channel of the cluster).
+        #[arg(long)]
+        channel: Option<String>,
+        /// key=value to set, key- to remove.
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        changes: Vec<String>,
+    },
+    /// Hold a cluster's channel at a generation (it is served the newest generation at or
+    /// below it, and its agent refuses anything newer), or release it with --clear.
+    Pin {
+        /// The hub to talk to.
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Cluster name.
+        name: String,
+        /// The channel.
+        #[arg(long)]
+        channel: String,
+        /// Highest generation the cluster may run.
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        generation: Option<u64>,
+        /// Remove the pin.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Print exactly the objects a cluster would apply (its channels at the generation it is
+    /// served, values substituted), as YAML or JSON: check a site before committing.
+    Render {
+        /// The hub to talk to.
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Cluster name.
+        name: String,
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Output format (text: YAML documents).
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Unregister a cluster and forget its reports.
     Remove {
@@ -333,6 +387,10 @@ pub struct BuildArgs {
     /// files, or kustomize.
     #[arg(long, value_enum, default_value_t = RenderArg::Auto)]
     pub render: RenderArg,
+    /// The channel substitutes per-cluster values: check `${…}` references as placeholders
+    /// (names built from values are then valid).
+    #[arg(long)]
+    pub substitute: bool,
 }
 
 /// `--render`.
@@ -379,7 +437,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 insecure_http: args.insecure_http.then_some(true),
             };
             let config = HubConfig::load(&args.config, &overrides)?;
-            runtime()?.block_on(crate::serve::run(config))
+            runtime()?.block_on(crate::serve::run(config, args.force_unassign))
         }
         Command::Cluster(c) => runtime()?.block_on(admin::cluster(c)),
         Command::Status { hub, output, cluster } => match cluster {
@@ -435,6 +493,7 @@ fn build_command(args: Box<BuildArgs>) -> anyhow::Result<()> {
         expires_in: args.expires_in,
         render: args.render.into(),
         timeout: Duration::from_secs(120),
+        substitute: args.substitute,
     };
     let built = build(&request, &key)?;
     let (tarball, envelope) = built.write_to(&args.out)?;
