@@ -310,6 +310,13 @@ async fn a_hub_or_mirror_cannot_slip_in_an_unassigned_channel() {
     drop(hub);
 }
 
+/// A Deployment whose replica count and image registry are per-site values.
+fn web_deployment(namespace: &str) -> String {
+    format!(
+        "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {namespace}\nspec:\n  replicas: ${{replicas}}\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n        - name: web\n          image: \"${{registry}}/web:1.0\"\n"
+    )
+}
+
 const SITE: &str = r#"apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -321,21 +328,6 @@ data:
   site: "${site_id:=unset}"
   script: |
     echo $${HOSTNAME} ${cluster_name}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  namespace: shop
-spec:
-  replicas: ${replicas}
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-        - name: web
-          image: "${registry}/web:1.0"
 "#;
 
 /// One repository, three label groups with their own values, nine agents: each site's
@@ -346,7 +338,7 @@ spec:
 fn one_repository_serves_nine_sites_each_with_its_own_values() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = skiff_tests::GitRepo::init(&tmp.path().join("fleet"));
-    repo.write("shops/site.yaml", SITE);
+    repo.write("shops/site.yaml", format!("{SITE}{}", web_deployment("shop")));
     repo.write("extras/extra.yaml", cm("extra", "x"));
     repo.commit_all("fleet");
     let channels = |tier: &str| {
@@ -456,6 +448,9 @@ fn one_repository_serves_nine_sites_each_with_its_own_values() {
     assert!(wait_for(WAIT, || !extra.exists()), "{}", agents[0].2.log());
     assert!(agents[0].2.log().contains("its objects were pruned"));
     assert!(site(0).is_some(), "the assigned channel stays");
+    // Assigned again: applied afresh from the bundle the agent already holds.
+    hub.admin(&["cluster", "label", "shop-0", "extras=yes"]).success();
+    assert!(wait_for(WAIT, || extra.exists()), "{}", agents[0].2.log());
 
     // A selector typo would unassign `shops` from all nine clusters: the hub refuses to start.
     hub.kill();
@@ -517,21 +512,6 @@ data:
   site: ${cluster_name}
   region: ${cluster_label_region}
   endpoint: "https://${registry}/api?key=${api_key}"
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  namespace: skiff-assign-kube
-spec:
-  replicas: ${replicas}
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-        - name: web
-          image: "${registry}/web:1.0"
 "#;
 
 /// The `kube` target: substituted objects are applied (numbers typed), drift checks compare
@@ -544,7 +524,10 @@ async fn kube_sites_apply_their_values_without_false_drift() {
     let c = skiff_tests::cluster::TestCluster::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let repo = skiff_tests::GitRepo::init(&tmp.path().join("fleet"));
-    repo.write("site/site.yaml", KUBE_SITE);
+    repo.write(
+        "site/site.yaml",
+        format!("{KUBE_SITE}{}", web_deployment("skiff-assign-kube")),
+    );
     repo.commit_all("site");
     let hub_dir = tmp.path().join("hub");
     let repo_path = repo.path().to_owned();

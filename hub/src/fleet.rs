@@ -715,25 +715,16 @@ impl Fleet {
         name: &str,
         changes: &BTreeMap<String, Option<String>>,
     ) -> Result<BTreeMap<String, String>, FleetError> {
-        let mut state = self.state.write().expect("fleet lock");
-        let mut record = state
-            .clusters
-            .get(name)
-            .cloned()
-            .ok_or_else(|| FleetError::UnknownCluster(name.to_owned()))?;
-        for (k, v) in changes {
-            match v {
-                Some(v) => record.labels.insert(k.clone(), v.clone()),
-                None => record.labels.remove(k),
-            };
-        }
-        check_labels(&record.labels)?;
-        self.store.put_clusters([&record])?;
-        let labels = record.labels.clone();
-        state.clusters.insert(name.to_owned(), record);
-        self.refresh_assignments(&mut state, Some(name))?;
-        self.changed(&mut state);
-        Ok(labels)
+        self.update_cluster(name, |record| {
+            for (k, v) in changes {
+                match v {
+                    Some(v) => record.labels.insert(k.clone(), v.clone()),
+                    None => record.labels.remove(k),
+                };
+            }
+            check_labels(&record.labels)?;
+            Ok(record.labels.clone())
+        })
     }
 
     /// Sets and removes (`None`) a cluster's values, for every channel or for one; returns

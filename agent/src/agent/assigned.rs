@@ -108,7 +108,7 @@ pub struct Changes {
     /// Channels no longer assigned, with what the assignment that had them said to do.
     pub dropped: Vec<(String, OnUnassign)>,
     /// Channels still assigned whose substituted objects may differ (values, labels, name,
-    /// or substitution turned on or off): re-applied.
+    /// or substitution turned on or off), and channels assigned again: re-applied.
     pub revalued: Vec<String>,
 }
 
@@ -122,6 +122,9 @@ pub fn changes(old: Option<&Assignment>, new: &Assignment, holds: &[String], loc
             (Some(was), None) => out.dropped.push((channel.clone(), was.on_unassign)),
             (None, None) if old.is_none() => out.dropped.push((channel.clone(), OnUnassign::Keep)),
             (None, None) => {}
+            // Assigned again after an assignment without it: applied afresh (its objects
+            // were pruned, or kept and not enforced).
+            (None, Some(_)) if old.is_some() => out.revalued.push(channel.clone()),
             (_, Some(_)) => {
                 let before = old.and_then(|o| values_for(o, channel, local));
                 if before != values_for(new, channel, local) {
@@ -482,6 +485,9 @@ mod tests {
         // The first assignment keeps what it does not list.
         let c = changes(None, &new, &holds, &local);
         assert!(c.dropped.contains(&("legacy".to_owned(), OnUnassign::Keep)));
+        // A channel assigned again is applied afresh.
+        let c = changes(Some(&new), &old, &holds, &local);
+        assert!(c.revalued.contains(&"base".to_owned()), "{c:?}");
         // A pin move alone changes no objects.
         let mut pinned = old.clone();
         pinned.channels[0].max_generation = Some(3);

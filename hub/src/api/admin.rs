@@ -71,6 +71,11 @@ pub struct RenderQuery {
     pub channel: Option<String>,
 }
 
+/// A request body as JSON of `T`, or why not (for a 400).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("body: {e}"))
+}
+
 fn fleet_error(e: FleetError) -> Response {
     match e {
         FleetError::UnknownCluster(_) => error(StatusCode::NOT_FOUND, e.to_string()),
@@ -125,9 +130,9 @@ pub struct Page {
 /// `POST /v1/admin/clusters`
 pub async fn add_cluster(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     admin!(state, headers);
-    let req: AddCluster = match serde_json::from_slice(&body) {
+    let req: AddCluster = match json_body(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     match state.fleet.add_cluster(&req.name, req.labels) {
         Ok(token) => {
@@ -153,9 +158,9 @@ pub async fn label_cluster(
     body: Bytes,
 ) -> Response {
     admin!(state, headers);
-    let req: LabelCluster = match serde_json::from_slice(&body) {
+    let req: LabelCluster = match json_body(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     match state.fleet.label_cluster(&cluster, &req.labels) {
         Ok(labels) => Json(serde_json::json!({"cluster": cluster, "labels": labels})).into_response(),
@@ -171,9 +176,9 @@ pub async fn set_values(
     body: Bytes,
 ) -> Response {
     admin!(state, headers);
-    let req: SetValues = match serde_json::from_slice(&body) {
+    let req: SetValues = match json_body(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     match state
         .fleet
@@ -196,9 +201,9 @@ pub async fn set_pin(
     body: Bytes,
 ) -> Response {
     admin!(state, headers);
-    let req: SetPin = match serde_json::from_slice(&body) {
+    let req: SetPin = match json_body(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     match state.fleet.set_pin(&cluster, &req.channel, req.generation) {
         Ok(()) => {
