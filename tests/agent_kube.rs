@@ -166,7 +166,7 @@ async fn server_errors_are_retried_needs_fault_injection() {
         return;
     };
     let st = setup(&c);
-    // 503 and 429 are retried by the client itself; the agent retries whole applies too.
+    // 503 and 429 are tried again at the server's pace; the agent retries whole applies too.
     server.fail_next_apply(3, 503, "/deployments/web", "skiff");
     server.fail_next_apply(2, 429, "/services/web", "skiff");
     let run = import(&st, 1);
@@ -188,8 +188,9 @@ async fn the_running_agent_retries_a_500_until_the_bundle_applies_needs_fault_in
     let (b, e) = skiff_tests::build_bundle(&st.apps, &st.key, &st.tmp.path().join("out"), "demo", 1);
     let import = st.tmp.path().join("usb");
     std::fs::create_dir_all(&import).unwrap();
-    // kube's client does not retry 500s; the agent's retry loop must.
-    server.fail_next_apply(3, 500, "/configmaps/web-config", "skiff");
+    // kube's client does not retry 500s. The applier tries a throttled request 4 times at
+    // the server's pace; past that, the agent's retry loop must apply the bundle again.
+    server.fail_next_apply(6, 500, "/configmaps/web-config", "skiff");
     std::fs::copy(&b, import.join(b.file_name().unwrap())).unwrap();
     std::fs::copy(&e, import.join(e.file_name().unwrap())).unwrap();
     let config =

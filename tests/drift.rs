@@ -505,7 +505,8 @@ async fn objects_that_cannot_be_compared_are_unknown_not_in_sync_needs_fault_inj
         return;
     };
     let st = setup(&c);
-    server.fail_next_apply(1, 500, "/configmaps/web-config", "skiff");
+    // Failing every try the applier makes (4) of the dry-run.
+    server.fail_next_apply(4, 500, "/configmaps/web-config", "skiff");
     let found = check(&st, "--no-heal");
     let unknown = found["demo"]["unknown"].as_array().cloned().unwrap_or_default();
     assert_eq!(unknown.len(), 1, "{found}");

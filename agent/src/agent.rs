@@ -29,7 +29,7 @@ pub use assigned::{TakenAssignment, admit, changes, values_for};
 /// Where objects go.
 pub enum Applier {
     /// The Kubernetes API.
-    Kube(KubeApplier),
+    Kube(Box<KubeApplier>),
     /// A folder.
     Dir(DirApplier),
 }
@@ -167,11 +167,11 @@ impl Agent {
                     })?,
                 };
                 let client = kube::Client::try_from(kube_config)?;
-                Applier::Kube(KubeApplier::new(
+                Applier::Kube(Box::new(KubeApplier::new(
                     client,
                     config.force_conflicts,
                     config.namespace.clone(),
-                ))
+                )))
             }
         };
         let hub = match &config.hub {

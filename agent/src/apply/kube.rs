@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use skiff_proto::api::{Drift, ObjectError, ObjectRef};
 use skiff_proto::bundle::Bundle;
 
+use super::pace::{self, Observed, Pace};
 use super::{
     Checked, Desired, Health1, Outcome, Values, objects, plan, prunable, prune_set, split_duplicates,
     unreadable,
@@ -22,8 +23,9 @@ use super::{
 
 /// Field manager of every apply.
 pub const FIELD_MANAGER: &str = "skiff";
-/// Objects applied at once within a group.
-const CONCURRENCY: usize = 16;
+/// Tries of one request the server throttled (429, 5xx, no answer) before the object
+/// counts as failed (and the whole apply is retried later).
+const TRIES: u32 = 4;
 /// Longest wait for an object being re-created to be gone.
 const RECREATE_WAIT: Duration = Duration::from_secs(120);
 
@@ -43,6 +45,39 @@ pub struct KubeApplier {
     force: bool,
     namespace: String,
     kinds: Mutex<HashMap<(String, String), (ApiResource, ApiCapabilities)>>,
+    /// Per channel, the objects the last drift check found in sync: the resourceVersion
+    /// they had and a digest of what skiff wants of them. Unchanged on both sides, an object
+    /// is in sync without asking the server again (see [`Self::check`]).
+    in_sync: Mutex<InSync>,
+    /// Whether drift checks use `in_sync` (off: every object is compared, as a reference).
+    remember: bool,
+    /// Requests in flight, adapted to the server.
+    pace: Mutex<Pace>,
+}
+
+/// Per channel, per object: the resourceVersion and desired digest last found in sync.
+type InSync = HashMap<String, BTreeMap<ObjectRef, (String, u64)>>;
+
+/// Objects listed in one page of a drift check's list requests.
+const LIST_PAGE: u32 = 500;
+
+/// What a drift check's list found of one object.
+#[derive(Clone)]
+enum Listed {
+    /// Listed with the channel label: the live object.
+    Found(Box<Value>),
+    /// Not listed: deleted, or its label removed (asked for by name).
+    Absent,
+    /// Its kind could not be listed: asked for by name.
+    Unknown,
+}
+
+/// A digest of what skiff wants of an object (its manifest, as applied).
+fn desired_digest(value: &Value) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.to_string().hash(&mut h);
+    h.finish()
 }
 
 fn gvk_of(api_version: &str, kind: &str) -> GroupVersionKind {
@@ -98,7 +133,152 @@ impl KubeApplier {
             force,
             namespace,
             kinds: Mutex::new(HashMap::new()),
+            in_sync: Mutex::new(HashMap::new()),
+            remember: true,
+            pace: Mutex::new(Pace::default()),
         }
+    }
+
+    /// Requests the applier keeps in flight now.
+    pub fn pace(&self) -> usize {
+        self.pace.lock().expect("pace").limit()
+    }
+
+    /// Runs `f` on every item with as many in flight as the server's pace allows
+    /// ([`super::pace`]); an item whose request the server throttled (429, 5xx, no answer)
+    /// waits and is tried again, [`TRIES`] times in all. `f` hands its item back with the
+    /// result. Results in completion order.
+    async fn paced<T, R, F, Fut>(&self, items: Vec<T>, f: F) -> Vec<(T, Result<R, Failure>)>
+    where
+        F: Fn(T) -> Fut,
+        Fut: std::future::Future<Output = (T, Result<R, Failure>)>,
+    {
+        use futures_util::stream::FuturesUnordered;
+        let mut pending: std::collections::VecDeque<(T, u32)> = items.into_iter().map(|t| (t, 0)).collect();
+        let mut running = FuturesUnordered::new();
+        let mut out = Vec::with_capacity(pending.len());
+        loop {
+            while running.len() < self.pace() {
+                let Some((item, attempt)) = pending.pop_front() else {
+                    break;
+                };
+                let f = &f;
+                running.push(async move {
+                    if attempt > 0 {
+                        tokio::time::sleep(pace::retry_after(None, attempt - 1)).await;
+                    }
+                    let started = Instant::now();
+                    let (item, r) = f(item).await;
+                    (item, attempt, r, started.elapsed())
+                });
+            }
+            let Some((item, attempt, r, took)) = running.next().await else {
+                break;
+            };
+            let throttled = matches!(&r, Err((_, true)));
+            self.pace.lock().expect("pace").observe(if throttled {
+                Observed::Throttled
+            } else {
+                Observed::Answered(took)
+            });
+            if throttled && attempt + 1 < TRIES {
+                if let Err((message, _)) = &r {
+                    tracing::debug!(%message, attempt = attempt + 1, in_flight = self.pace(), "Server throttled or failed a request; trying again at a slower pace");
+                }
+                pending.push_back((item, attempt + 1));
+            } else {
+                out.push((item, r));
+            }
+        }
+        out
+    }
+
+    /// Compares every object on every check, remembering nothing (the reference the
+    /// remembering check is tested against).
+    pub fn without_memory(mut self) -> Self {
+        self.remember = false;
+        self
+    }
+
+    /// Lists a kind's objects carrying the channel label, page by page: (namespace, name) →
+    /// live object. Cluster-wide first (one request per kind and page); where the agent may
+    /// not list cluster-wide, per namespace in `namespaces`.
+    async fn list_channel(
+        &self,
+        channel: &str,
+        api_version: &str,
+        kind: &str,
+        namespaces: &[Option<String>],
+    ) -> Result<HashMap<(Option<String>, String), Value>, Failure> {
+        let (ar, caps) = self.resolve(api_version, kind).await.map_err(|e| describe(&e))?;
+        let labels = format!("{}={channel}", super::CHANNEL_LABEL);
+        let mut out = HashMap::new();
+        match self
+            .list_pages(&ar, &self.api(&ar, &caps, None), &labels, &mut out)
+            .await
+        {
+            Ok(()) => Ok(out),
+            Err(_) if caps.scope == Scope::Namespaced => {
+                out.clear();
+                for ns in namespaces {
+                    let api = self.api(&ar, &caps, ns.as_deref());
+                    self.list_pages(&ar, &api, &labels, &mut out).await?;
+                }
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_pages(
+        &self,
+        ar: &ApiResource,
+        api: &Api<DynamicObject>,
+        labels: &str,
+        out: &mut HashMap<(Option<String>, String), Value>,
+    ) -> Result<(), Failure> {
+        let mut params = kube::api::ListParams::default().labels(labels).limit(LIST_PAGE);
+        loop {
+            let page = api.list(&params).await.map_err(|e| describe(&e))?;
+            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+            for o in page.items {
+                if let Some(name) = o.metadata.name.clone() {
+                    let key = (o.metadata.namespace.clone(), name);
+                    let mut live = serde_json::to_value(&o).unwrap_or(Value::Null);
+                    // List items carry no apiVersion and kind; a GET's object does.
+                    if let Some(map) = live.as_object_mut() {
+                        map.insert("apiVersion".into(), ar.api_version.clone().into());
+                        map.insert("kind".into(), ar.kind.clone().into());
+                    }
+                    out.insert(key, live);
+                }
+            }
+            match next {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn remembered(&self, channel: &str, id: &ObjectRef) -> Option<(String, u64)> {
+        self.in_sync
+            .lock()
+            .expect("in_sync")
+            .get(channel)
+            .and_then(|m| m.get(id))
+            .cloned()
+    }
+
+    fn remember(&self, channel: &str, id: &ObjectRef, seen: Option<(String, u64)>) {
+        if !self.remember {
+            return;
+        }
+        let mut all = self.in_sync.lock().expect("in_sync");
+        let m = all.entry(channel.to_owned()).or_default();
+        match seen {
+            Some(s) => m.insert(id.clone(), s),
+            None => m.remove(id),
+        };
     }
 
     async fn resolve(
@@ -323,15 +503,14 @@ impl KubeApplier {
             })
             .collect();
         for group in plan(all) {
-            let results: Vec<(ObjectRef, Result<(), Failure>)> = futures_util::stream::iter(group.clone())
-                .map(|o| async move {
+            let results = self
+                .paced(group.clone(), |o| async move {
                     let r = self.apply_one(&o).await;
-                    (o.id, r)
+                    (o, r)
                 })
-                .buffer_unordered(CONCURRENCY)
-                .collect()
                 .await;
-            for (id, r) in results {
+            for (o, r) in results {
+                let id = o.id;
                 match r {
                     Ok(()) => outcome.applied.push(id),
                     Err((message, transient)) => {
@@ -433,21 +612,48 @@ impl KubeApplier {
             let only: std::collections::BTreeSet<&ObjectRef> = only.iter().collect();
             all.retain(|o| only.contains(&o.id));
         }
+        // One list per kind (and page), by the channel label: O(kinds) requests for an
+        // unchanged cluster, not one per object.
+        let mut kinds: BTreeMap<(String, String), Vec<Option<String>>> = BTreeMap::new();
+        for o in &all {
+            let namespaces = kinds
+                .entry((o.id.api_version.clone(), o.id.kind.clone()))
+                .or_default();
+            if !namespaces.contains(&o.id.namespace) {
+                namespaces.push(o.id.namespace.clone());
+            }
+        }
+        let mut lists = BTreeMap::new();
+        for ((api_version, kind), namespaces) in &kinds {
+            let listed = self
+                .list_channel(channel, api_version, kind, namespaces)
+                .await
+                .ok();
+            lists.insert((api_version.clone(), kind.clone()), listed);
+        }
+        let listed = |id: &ObjectRef| match lists.get(&(id.api_version.clone(), id.kind.clone())) {
+            Some(Some(items)) => match items.get(&(id.namespace.clone(), id.name.clone())) {
+                Some(live) => Listed::Found(Box::new(live.clone())),
+                None => Listed::Absent,
+            },
+            _ => Listed::Unknown,
+        };
         // In the apply's phase order: a healed Namespace (or CRD) exists before what lives
         // in it is healed, in the same round.
         let mut results: Vec<(ObjectRef, Result<Compared, Failure>)> = Vec::new();
         for phase in 0..=2u8 {
-            let batch: Vec<Desired> = all
+            let batch: Vec<(Desired, Listed)> = all
                 .iter()
                 .filter(|o| super::phase(&o.id) == phase)
-                .cloned()
+                .map(|o| (o.clone(), listed(&o.id)))
                 .collect();
-            let done: Vec<_> = futures_util::stream::iter(batch)
-                .map(|o| async move { (o.id.clone(), self.check_one(&o, heal, compare).await) })
-                .buffer_unordered(CONCURRENCY)
-                .collect()
+            let done = self
+                .paced(batch, |(o, live)| async move {
+                    let r = self.check_one(channel, &o, live.clone(), heal, compare).await;
+                    ((o, live), r)
+                })
                 .await;
-            results.extend(done);
+            results.extend(done.into_iter().map(|((o, _), r)| (o.id, r)));
         }
         let mut checked = Checked::default();
         for (id, r) in results {
@@ -470,9 +676,15 @@ impl KubeApplier {
         Ok(checked)
     }
 
+    /// Compares one object with the cluster. `listed` is what the check's list found: the
+    /// live object (no GET), or nothing (asked for by name: deleted, or its label removed).
+    /// An object whose resourceVersion and desired state are what they were when the last
+    /// check found it in sync is in sync: no dry-run.
     async fn check_one(
         &self,
+        channel: &str,
         o: &Desired,
+        listed: Listed,
         heal: bool,
         compare: bool,
     ) -> Result<(Option<Drift>, Health1), Failure> {
@@ -482,7 +694,16 @@ impl KubeApplier {
             .map_err(|e| describe(&e))?;
         let api = self.api(&ar, &caps, o.id.namespace.as_deref());
         let heal = heal && !crate::drift::self_heal_disabled(&o.value);
-        let Some(live) = api.get_opt(&o.id.name).await.map_err(|e| describe(&e))? else {
+        let live = match listed {
+            Listed::Found(live) => Some(*live),
+            Listed::Absent | Listed::Unknown => api
+                .get_opt(&o.id.name)
+                .await
+                .map_err(|e| describe(&e))?
+                .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null)),
+        };
+        let Some(live) = live else {
+            self.remember(channel, &o.id, None);
             if heal {
                 self.apply_one(o).await?;
             }
@@ -498,11 +719,21 @@ impl KubeApplier {
                 health,
             ));
         };
-        let live = serde_json::to_value(&live).unwrap_or(Value::Null);
         if !compare {
             let (state, reason) = crate::drift::object_health(&live);
             return Ok((None, (o.id.clone(), state, reason)));
         }
+        let version = live
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let seen = (version, desired_digest(&o.value));
+        if self.remember && !seen.0.is_empty() && self.remembered(channel, &o.id).as_ref() == Some(&seen) {
+            let (state, reason) = crate::drift::object_health(&live);
+            return Ok((None, (o.id.clone(), state, reason)));
+        }
+        self.remember(channel, &o.id, None);
         let mut params = PatchParams::apply(FIELD_MANAGER).dry_run();
         params.force = self.force;
         let dry = match api.patch(&o.id.name, &params, &Patch::Apply(&o.value)).await {
@@ -531,6 +762,7 @@ impl KubeApplier {
         let (state, reason) = crate::drift::object_health(&live);
         let health = (o.id.clone(), state, reason);
         if paths.is_empty() {
+            self.remember(channel, &o.id, Some(seen));
             return Ok((None, health));
         }
         if heal {

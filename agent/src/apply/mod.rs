@@ -3,6 +3,7 @@
 
 pub mod dir;
 pub mod kube;
+pub mod pace;
 
 use std::collections::BTreeSet;
 

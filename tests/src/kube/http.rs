@@ -238,12 +238,22 @@ fn route(
         });
     }
     match (method.clone(), target.name.as_deref()) {
-        (Method::GET, None) => ok(state.list(
-            &rt,
-            ns,
-            query.get("labelSelector").map(String::as_str),
-            query.get("fieldSelector").map(String::as_str),
-        )?),
+        (Method::GET, None) => {
+            let limit = match query.get("limit") {
+                None => None,
+                Some(l) => Some(l.parse::<usize>().map_err(|_| {
+                    ApiError::bad_request(format!("limit: invalid value {l:?}: not a non-negative integer"))
+                })?),
+            };
+            ok(state.list(
+                &rt,
+                ns,
+                query.get("labelSelector").map(String::as_str),
+                query.get("fieldSelector").map(String::as_str),
+                limit,
+                query.get("continue").map(String::as_str),
+            )?)
+        }
         (Method::GET, Some(name)) => ok(state.get(&rt, ns, name)?),
         (Method::POST, None) => {
             let body = parse_body(content_type, body)?;

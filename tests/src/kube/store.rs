@@ -295,28 +295,55 @@ impl State {
     }
 
     /// LIST, in one namespace or all, filtered by label and field selectors.
+    /// Lists objects, filtered by namespace and selectors, in key order; with `limit`, one
+    /// page at a time: `metadata.continue` names where the next page starts (as
+    /// kube-apiserver's chunked lists, `limit` + `continue`), and `remainingItemCount` how
+    /// many are left. A continue token that is not one of ours is a 400.
     pub fn list(
         &self,
         rt: &ResourceType,
         ns: Option<&str>,
         label_selector: Option<&str>,
         field_selector: Option<&str>,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
     ) -> Result<Value, ApiError> {
         let labels = label_selector.map(parse_label_selector).transpose()?;
         let fields = field_selector.map(parse_field_selector).transpose()?;
-        let items: Vec<Value> = self
+        let start: Option<Key> = match continue_token.filter(|t| !t.is_empty()) {
+            None => None,
+            Some(token) => Some(
+                token
+                    .strip_prefix("skiff-continue:")
+                    .and_then(|k| k.split_once('/'))
+                    .map(|(n, name)| (n.to_owned(), name.to_owned()))
+                    .ok_or_else(|| ApiError::bad_request("continue key is not valid: bad token"))?,
+            ),
+        };
+        let matching: Vec<(&Key, &Stored)> = self
             .bucket(rt)
             .into_iter()
             .flat_map(|b| b.iter())
+            .filter(|(key, _)| start.as_ref().is_none_or(|s| *key > s))
             .filter(|((ons, _), _)| ns.is_none_or(|n| n == ons))
             .filter(|(_, s)| labels.as_ref().is_none_or(|sel| matches_labels(sel, &s.object)))
             .filter(|(_, s)| fields.as_ref().is_none_or(|sel| matches_fields(sel, &s.object)))
+            .collect();
+        let take = limit.filter(|l| *l > 0).unwrap_or(usize::MAX).min(matching.len());
+        let items: Vec<Value> = matching[..take]
+            .iter()
             .map(|(_, s)| Self::render(rt, s))
             .collect();
+        let mut metadata = json!({"resourceVersion": self.rv.to_string()});
+        if take < matching.len() {
+            let (last_ns, last_name) = matching[take - 1].0;
+            metadata["continue"] = json!(format!("skiff-continue:{last_ns}/{last_name}"));
+            metadata["remainingItemCount"] = json!(matching.len() - take);
+        }
         Ok(json!({
             "kind": format!("{}List", rt.kind),
             "apiVersion": rt.api_version(),
-            "metadata": {"resourceVersion": self.rv.to_string()},
+            "metadata": metadata,
             "items": items,
         }))
     }
