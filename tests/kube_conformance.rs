@@ -677,3 +677,66 @@ async fn a_deployment_selector_is_immutable() {
     }
     cleanup(&c, &ns).await;
 }
+
+/// A chunked list (`limit` + `continue`) returns every object once, in pages, with the
+/// count of what remains; and an update that leaves a Service's allocated clusterIP empty
+/// keeps the address (kube-apiserver's patchAllocatedValues).
+#[tokio::test]
+async fn lists_page_with_limit_and_continue_and_updates_keep_allocated_addresses() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let maps: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns);
+    for i in 0..7 {
+        maps.create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": format!("page-{i}"), "labels": {"paged": "yes"}}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut names = Vec::new();
+    let mut params = ListParams::default().labels("paged=yes").limit(3);
+    let mut pages = 0;
+    loop {
+        let page = maps.list(&params).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 3);
+        names.extend(page.items.iter().filter_map(|m| m.metadata.name.clone()));
+        match page.metadata.continue_.filter(|t| !t.is_empty()) {
+            Some(token) => {
+                assert!(page.metadata.remaining_item_count.is_some_and(|n| n > 0));
+                params = params.continue_token(&token);
+            }
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    names.sort();
+    assert_eq!(names, (0..7).map(|i| format!("page-{i}")).collect::<Vec<_>>());
+    assert_eq!(pages, 3);
+
+    let services: Api<Service> = Api::namespaced(c.client.clone(), &ns);
+    let svc = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let ip = svc.spec.as_ref().unwrap().cluster_ip.clone();
+    assert!(ip.as_deref().is_some_and(|ip| !ip.is_empty()));
+    let mut replacement: Service = serde_json::from_value(
+        json!({"metadata": {"name": "web", "resourceVersion": svc.metadata.resource_version}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 81}], "clusterIP": ""}}),
+    )
+    .unwrap();
+    replacement.metadata.namespace = Some(ns.clone());
+    let replaced = services
+        .replace("web", &PostParams::default(), &replacement)
+        .await
+        .unwrap();
+    assert_eq!(replaced.spec.unwrap().cluster_ip, ip);
+    cleanup(&c, &ns).await;
+}

@@ -348,6 +348,30 @@ impl KubeApplier {
         }
     }
 
+    /// Replaces an object the manifest cannot be applied over (an update with the live
+    /// object's resourceVersion: fields other managers set go, values the server allocated
+    /// such as a Service's clusterIP stay), then applies it so skiff owns its fields again.
+    async fn replace_one(&self, api: &Api<DynamicObject>, o: &Desired, live: &Value) -> Result<(), Failure> {
+        tracing::warn!(object = %o.id, "Unreconcilable drift: replacing the object with its manifest (opted in with {})", super::HEAL_ANNOTATION);
+        let mut body = o.value.clone();
+        if let (Some(meta), Some(version)) = (
+            body.get_mut("metadata").and_then(Value::as_object_mut),
+            live.pointer("/metadata/resourceVersion"),
+        ) {
+            meta.insert("resourceVersion".into(), version.clone());
+        }
+        let object: DynamicObject =
+            serde_json::from_value(body).map_err(|e| (format!("{}: {e}", o.id), false))?;
+        let params = kube::api::PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        api.replace(&o.id.name, &params, &object)
+            .await
+            .map_err(|e| describe(&e))?;
+        self.apply_one(o).await
+    }
+
     /// Deletes an object whose new state changes an immutable field, waits until it is
     /// gone, and applies it anew (only with the object's opt-in annotation).
     async fn recreate(
@@ -742,15 +766,29 @@ impl KubeApplier {
             // the manifest cannot follow (another manager changed an item's key, an
             // immutable field …). That is drift, with the server's reason; an apply cannot
             // heal it, so none is attempted.
+            // With the object's opt-in (`skiff.dev/heal: replace`), it is replaced by the
+            // manifest and applied again: the foreign list items go, skiff owns its fields.
             Err(kube::Error::Api(s)) if s.code == 422 => {
                 let (state, reason) = crate::drift::object_health(&live);
+                let corrected = heal && super::replace_allowed(&o.value);
+                if corrected {
+                    self.replace_one(&api, o, &live).await?;
+                }
+                let hint = if super::replace_allowed(&o.value) {
+                    String::new()
+                } else {
+                    format!(
+                        " (annotate the object {}: replace to let self-heal replace it)",
+                        super::HEAL_ANNOTATION
+                    )
+                };
                 return Ok((
                     Some(Drift {
                         object: o.id.clone(),
                         kind: "unreconcilable".into(),
                         paths: Vec::new(),
-                        corrected: false,
-                        reason: Some(format!("{} {}: {}", s.code, s.reason, s.message)),
+                        corrected,
+                        reason: Some(format!("{} {}: {}{hint}", s.code, s.reason, s.message)),
                     }),
                     (o.id.clone(), state, reason),
                 ));

@@ -29,6 +29,21 @@ pub fn recreate_allowed(value: &Value) -> bool {
         == Some("true")
 }
 
+/// Annotation letting self-heal replace an object whose manifest the server refuses to
+/// apply over the live one (`replace`): unreconcilable drift, such as a hand edit that moved
+/// a Service port to another key. Without it such drift is reported, not healed. A
+/// kustomization's `commonAnnotations` sets it for a whole channel.
+pub const HEAL_ANNOTATION: &str = "skiff.dev/heal";
+
+/// Whether an object opted in to being replaced when it cannot be applied over.
+pub fn replace_allowed(value: &Value) -> bool {
+    value
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(HEAL_ANNOTATION))
+        .and_then(Value::as_str)
+        == Some("replace")
+}
+
 /// Annotation keeping an object from being pruned (`disabled`).
 pub const PRUNE_ANNOTATION: &str = "skiff.dev/prune";
 

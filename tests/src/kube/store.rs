@@ -742,12 +742,24 @@ impl State {
                 (Sub::Status, None) => return Err(ApiError::not_found(rt, name)),
             }
         }
+        // As kube-apiserver's patchAllocatedValues: an update that leaves the allocated
+        // addresses out (or empty) keeps them.
         if rt.kind == "Service"
-            && let Some(ip) = old.and_then(|o| o.object.pointer("/spec/clusterIP"))
-            && object.pointer("/spec/clusterIP").is_none()
+            && let Some(o) = old
+            && let Some(ip) = o.object.pointer("/spec/clusterIP")
+            && object
+                .pointer("/spec/clusterIP")
+                .is_none_or(|v| v.as_str() == Some(""))
             && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut)
         {
             spec.insert("clusterIP".to_owned(), ip.clone());
+            if let Some(ips) = o.object.pointer("/spec/clusterIPs")
+                && spec
+                    .get("clusterIPs")
+                    .is_none_or(|v| v.as_array().is_some_and(Vec::is_empty))
+            {
+                spec.insert("clusterIPs".to_owned(), ips.clone());
+            }
         }
         let crd_types = if rt.kind == "CustomResourceDefinition" && rt.crd.is_none() {
             Some(
