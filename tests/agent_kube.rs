@@ -10,13 +10,16 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::Api;
 use skiff_tests::agent::{agent, write_config};
 use skiff_tests::cluster::TestCluster;
-use skiff_tests::{examples_dir, run_bin};
+use skiff_tests::run_bin;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
 struct Setup {
+    /// The namespace of the example apps, and the channel (unique per test).
+    ns: String,
+    channel: String,
     tmp: tempfile::TempDir,
     key: PathBuf,
     config: PathBuf,
@@ -25,6 +28,8 @@ struct Setup {
 
 fn setup(c: &TestCluster) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
+    let ns = skiff_tests::cluster::unique_name("demo");
+    let channel = skiff_tests::cluster::unique_name("demo");
     run_bin("skiff-hub", &["keygen", "--out", s(&tmp.path().join("keys"))]).success();
     let config = write_config(
         &tmp.path().join("agent"),
@@ -32,13 +37,15 @@ fn setup(c: &TestCluster) -> Setup {
         &tmp.path().join("keys/signing.pub.pem"),
         "kube",
         &format!(
-            "kubeconfig: {}\nchannels: {{demo: {{}}}}\n",
+            "kubeconfig: {}\nchannels: {{{channel}: {{}}}}\n",
             c.kubeconfig().display()
         ),
     );
     let apps = tmp.path().join("apps");
-    skiff_tests::copy_tree(&examples_dir().join("apps"), &apps);
+    skiff_tests::example_apps_in(&apps, &ns);
     Setup {
+        ns,
+        channel,
         key: tmp.path().join("keys/signing.pem"),
         config,
         apps,
@@ -47,7 +54,13 @@ fn setup(c: &TestCluster) -> Setup {
 }
 
 fn import(st: &Setup, generation: u64) -> skiff_tests::Run {
-    let (b, e) = skiff_tests::build_bundle(&st.apps, &st.key, &st.tmp.path().join("out"), "demo", generation);
+    let (b, e) = skiff_tests::build_bundle(
+        &st.apps,
+        &st.key,
+        &st.tmp.path().join("out"),
+        &st.channel,
+        generation,
+    );
     agent(&["import", "--config", s(&st.config), s(&b), s(&e)])
 }
 
@@ -58,9 +71,9 @@ async fn applies_crd_and_resource_together_noop_reapply_and_prune() {
     let run = import(&st, 1);
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
 
-    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), &st.ns);
     let web = deployments.get("web").await.expect("deployment applied");
-    assert_eq!(web.metadata.labels.unwrap()["skiff.dev/channel"], "demo");
+    assert_eq!(web.metadata.labels.unwrap()["skiff.dev/channel"], st.channel);
     let managers: Vec<String> = web
         .metadata
         .managed_fields
@@ -71,7 +84,7 @@ async fn applies_crd_and_resource_together_noop_reapply_and_prune() {
     assert!(managers.contains(&"skiff".to_owned()), "{managers:?}");
     let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(
         c.client.clone(),
-        "demo",
+        &st.ns,
         &kube::core::ApiResource::from_gvk_with_plural(
             &kube::core::GroupVersionKind::gvk("example.skiff.dev", "v1", "Widget"),
             "widgets",
@@ -95,7 +108,7 @@ async fn applies_crd_and_resource_together_noop_reapply_and_prune() {
     // Remove the Service from the bundle: pruned.
     std::fs::remove_file(st.apps.join("web/service.yaml")).unwrap();
     import(&st, 3).success();
-    let services: Api<Service> = Api::namespaced(c.client.clone(), "demo");
+    let services: Api<Service> = Api::namespaced(c.client.clone(), &st.ns);
     let gone = skiff_tests::cluster::eventually(Duration::from_secs(30), || async {
         services.get_opt("web").await.is_ok_and(|s| s.is_none())
     })
@@ -103,7 +116,7 @@ async fn applies_crd_and_resource_together_noop_reapply_and_prune() {
     assert!(gone, "pruned");
     let inventory: Api<ConfigMap> = Api::namespaced(c.client.clone(), "skiff-system");
     let inv = inventory
-        .get("skiff-inventory-demo")
+        .get(&format!("skiff-inventory-{}", st.channel))
         .await
         .expect("inventory ConfigMap");
     let objects = &inv.data.unwrap()["objects"];
@@ -129,11 +142,11 @@ async fn a_rejected_object_fails_the_bundle_with_the_server_message_and_nothing_
     let run = import(&st, 2);
     assert_eq!(run.code, Some(1));
     assert!(
-        run.stderr.contains("ConfigMap demo/web-config") && run.stderr.contains("422"),
+        run.stderr.contains(&format!("ConfigMap {}/web-config", st.ns)) && run.stderr.contains("422"),
         "{}",
         run.stderr
     );
-    let services: Api<Service> = Api::namespaced(c.client.clone(), "demo");
+    let services: Api<Service> = Api::namespaced(c.client.clone(), &st.ns);
     assert!(
         services.get_opt("web").await.unwrap().is_some(),
         "no prune after a partial failure"
@@ -149,7 +162,7 @@ async fn a_fresh_agent_prunes_from_the_inventory_configmap() {
     std::fs::remove_dir_all(st.tmp.path().join("agent/data")).unwrap();
     std::fs::remove_file(st.apps.join("web/service.yaml")).unwrap();
     import(&st, 2).success();
-    let services: Api<Service> = Api::namespaced(c.client.clone(), "demo");
+    let services: Api<Service> = Api::namespaced(c.client.clone(), &st.ns);
     assert!(
         services.get_opt("web").await.unwrap().is_none(),
         "pruned using the in-cluster inventory"
@@ -171,7 +184,7 @@ async fn server_errors_are_retried_needs_fault_injection() {
     server.fail_next_apply(2, 429, "/services/web", "skiff");
     let run = import(&st, 1);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), &st.ns);
     assert!(deployments.get_opt("web").await.unwrap().is_some());
 }
 
@@ -185,7 +198,7 @@ async fn the_running_agent_retries_a_500_until_the_bundle_applies_needs_fault_in
         return;
     };
     let st = setup(&c);
-    let (b, e) = skiff_tests::build_bundle(&st.apps, &st.key, &st.tmp.path().join("out"), "demo", 1);
+    let (b, e) = skiff_tests::build_bundle(&st.apps, &st.key, &st.tmp.path().join("out"), &st.channel, 1);
     let import = st.tmp.path().join("usb");
     std::fs::create_dir_all(&import).unwrap();
     // kube's client does not retry 500s. The applier tries a throttled request 4 times at
@@ -197,7 +210,7 @@ async fn the_running_agent_retries_a_500_until_the_bundle_applies_needs_fault_in
         std::fs::read_to_string(&st.config).unwrap() + &format!("import_dir: {}\n", import.display());
     std::fs::write(&st.config, config).unwrap();
     let proc = skiff_tests::agent::AgentProcess::start(&st.config);
-    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "demo");
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), &st.ns);
     let applied = skiff_tests::cluster::eventually(Duration::from_secs(30), || async {
         cms.get_opt("web-config").await.is_ok_and(|o| o.is_some())
     })
@@ -239,7 +252,7 @@ async fn crds_larger_than_the_annotation_limit_apply() {
         }
         std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
     }
-    let (b, e) = skiff_tests::build_bundle(&dir, &st.key, &st.tmp.path().join("out"), "demo", 1);
+    let (b, e) = skiff_tests::build_bundle(&dir, &st.key, &st.tmp.path().join("out"), &st.channel, 1);
     let run = agent(&["import", "--config", s(&st.config), s(&b), s(&e)]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let api: Api<
@@ -273,7 +286,7 @@ async fn only_crds_the_bundle_uses_are_waited_for() {
         .into_iter()
         .filter(|r| r.starts_with("GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/"))
         .collect();
-    // Both are read once for health after the apply; only the used one also by the wait.
+    // Health comes from a list of each kind; only the used one is read, by the wait.
     let count = |name: &str| reads.iter().filter(|r| r.ends_with(name)).count();
     assert_eq!(
         count("gadgets.unused.skiff.dev") + 1,
@@ -289,7 +302,7 @@ async fn an_immutable_change_needs_the_recreate_opt_in() {
     let c = TestCluster::start().await;
     let st = setup(&c);
     import(&st, 1).success();
-    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), &st.ns);
     let before = deployments.get("web").await.unwrap().metadata.uid;
     let path = st.apps.join("web/deployment.yaml");
     let changed = std::fs::read_to_string(&path)

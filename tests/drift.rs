@@ -17,12 +17,17 @@ fn s(p: &Path) -> &str {
 }
 
 struct Setup {
+    /// The namespace of the example apps, and the channel (unique per test).
+    ns: String,
+    channel: String,
     _tmp: tempfile::TempDir,
     config: PathBuf,
 }
 
 fn setup(c: &TestCluster) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
+    let ns = skiff_tests::cluster::unique_name("demo");
+    let channel = skiff_tests::cluster::unique_name("demo");
     run_bin("skiff-hub", &["keygen", "--out", s(&tmp.path().join("keys"))]).success();
     let config = write_config(
         &tmp.path().join("agent"),
@@ -30,19 +35,26 @@ fn setup(c: &TestCluster) -> Setup {
         &tmp.path().join("keys/signing.pub.pem"),
         "kube",
         &format!(
-            "kubeconfig: {}\nchannels: {{demo: {{}}}}\n",
+            "kubeconfig: {}\nchannels: {{{channel}: {{}}}}\n",
             c.kubeconfig().display()
         ),
     );
+    let apps = tmp.path().join("apps");
+    skiff_tests::example_apps_in(&apps, &ns);
     let (b, e) = skiff_tests::build_bundle(
-        &examples_dir().join("apps"),
+        &apps,
         &tmp.path().join("keys/signing.pem"),
         &tmp.path().join("out"),
-        "demo",
+        &channel,
         1,
     );
     agent(&["import", "--config", s(&config), s(&b), s(&e)]).success();
-    Setup { _tmp: tmp, config }
+    Setup {
+        ns,
+        channel,
+        _tmp: tmp,
+        config,
+    }
 }
 
 fn check(st: &Setup, heal: &str) -> Value {
@@ -56,16 +68,16 @@ async fn hand_edits_are_drift_defaults_and_other_managers_are_not_and_self_heal_
     let st = setup(&c);
     // Server-defaulted fields (strategy, imagePullPolicy, …) are no drift.
     let first = check(&st, "--no-heal");
-    assert_eq!(first["demo"]["drift"], json!([]), "{first}");
+    assert_eq!(first[&st.channel]["drift"], json!([]), "{first}");
 
-    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), &st.ns);
     // Another manager sets a field skiff never set: not drift.
     let other = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "annotations": {"team": "ops"}}, "spec": {"minReadySeconds": 5}});
     deployments
         .patch("web", &PatchParams::apply("ops-tool"), &Patch::Apply(&other))
         .await
         .unwrap();
-    assert_eq!(check(&st, "--no-heal")["demo"]["drift"], json!([]));
+    assert_eq!(check(&st, "--no-heal")[&st.channel]["drift"], json!([]));
 
     // A hand edit of a field skiff set: drift, with path and both values; only reported.
     let edit = json!({"spec": {"replicas": 5}});
@@ -74,7 +86,7 @@ async fn hand_edits_are_drift_defaults_and_other_managers_are_not_and_self_heal_
         .await
         .unwrap();
     let found = check(&st, "--no-heal");
-    let drift = &found["demo"]["drift"];
+    let drift = &found[&st.channel]["drift"];
     assert_eq!(drift.as_array().unwrap().len(), 1, "{found}");
     assert_eq!(drift[0]["object"]["name"], "web");
     assert_eq!(drift[0]["kind"], "modified");
@@ -91,18 +103,18 @@ async fn hand_edits_are_drift_defaults_and_other_managers_are_not_and_self_heal_
 
     // Self-heal puts it back.
     let healed = check(&st, "--heal");
-    assert_eq!(healed["demo"]["drift"][0]["corrected"], true, "{healed}");
+    assert_eq!(healed[&st.channel]["drift"][0]["corrected"], true, "{healed}");
     assert_eq!(
         deployments.get("web").await.unwrap().spec.unwrap().replicas,
         Some(2)
     );
-    assert_eq!(check(&st, "--no-heal")["demo"]["drift"], json!([]));
+    assert_eq!(check(&st, "--no-heal")[&st.channel]["drift"], json!([]));
 
     // A deleted object is drift (missing) and comes back.
-    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "demo");
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), &st.ns);
     cms.delete("web-config", &DeleteParams::default()).await.unwrap();
     let missing = check(&st, "--heal");
-    assert_eq!(missing["demo"]["drift"][0]["kind"], "missing", "{missing}");
+    assert_eq!(missing[&st.channel]["drift"][0]["kind"], "missing", "{missing}");
     assert!(cms.get_opt("web-config").await.unwrap().is_some(), "recreated");
 }
 
@@ -118,9 +130,9 @@ async fn health_follows_the_deployment_status_like_a_controller_sets_it_needs_st
         return;
     }
     let st = setup(&c);
-    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), &st.ns);
     let health = |v: &Value| {
-        v["demo"]["health"]["state"]
+        v[&st.channel]["health"]["state"]
             .as_str()
             .unwrap_or_default()
             .to_owned()
@@ -147,7 +159,7 @@ async fn health_follows_the_deployment_status_like_a_controller_sets_it_needs_st
     let degraded = check(&st, "--no-heal");
     assert_eq!(health(&degraded), "Degraded");
     assert!(
-        degraded["demo"]["health"]["reason"]
+        degraded[&st.channel]["health"]["reason"]
             .as_str()
             .unwrap()
             .contains("ProgressDeadlineExceeded"),
@@ -434,6 +446,8 @@ async fn corpus_sets_show_no_drift_across_ten_checks() {
         for round in 0..10 {
             let checked = check(
                 &Setup {
+                    ns: String::new(),
+                    channel: "corpus".to_owned(),
                     _tmp: tempfile::tempdir().unwrap(),
                     config: config.clone(),
                 },
@@ -457,20 +471,22 @@ async fn a_deleted_namespace_is_healed_with_its_objects_in_one_check() {
     let c = TestCluster::start().await;
     let st = setup(&c);
     let namespaces: Api<Namespace> = Api::all(c.client.clone());
-    namespaces.delete("demo", &Default::default()).await.unwrap();
+    namespaces.delete(&st.ns, &Default::default()).await.unwrap();
     // A real cluster finalizes a namespace asynchronously: wait until it is gone.
     let gone = skiff_tests::cluster::eventually(std::time::Duration::from_secs(120), || async {
-        namespaces.get_opt("demo").await.is_ok_and(|n| n.is_none())
+        namespaces.get_opt(&st.ns).await.is_ok_and(|n| n.is_none())
     })
     .await;
-    assert!(gone, "namespace demo was not deleted");
+    assert!(gone, "namespace {} was not deleted", st.ns);
     let healed = check(&st, "--heal");
     assert!(
-        healed["demo"]["errors"].as_array().is_none_or(|e| e.is_empty()),
+        healed[&st.channel]["errors"]
+            .as_array()
+            .is_none_or(|e| e.is_empty()),
         "{healed}"
     );
-    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), "demo");
-    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "demo");
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), &st.ns);
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), &st.ns);
     assert!(cms.get_opt("web-config").await.unwrap().is_some(), "{healed}");
     assert!(deployments.get_opt("web").await.unwrap().is_some(), "{healed}");
 }
@@ -508,16 +524,19 @@ async fn objects_that_cannot_be_compared_are_unknown_not_in_sync_needs_fault_inj
     // Failing every try the applier makes (4) of the dry-run.
     server.fail_next_apply(4, 500, "/configmaps/web-config", "skiff");
     let found = check(&st, "--no-heal");
-    let unknown = found["demo"]["unknown"].as_array().cloned().unwrap_or_default();
+    let unknown = found[&st.channel]["unknown"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(unknown.len(), 1, "{found}");
     assert_eq!(unknown[0]["object"]["name"], "web-config");
     assert!(unknown[0]["message"].as_str().unwrap().contains("500"), "{found}");
-    assert_eq!(found["demo"]["drift"], json!([]), "{found}");
-    assert_eq!(found["demo"]["health"]["state"], "Unknown", "{found}");
+    assert_eq!(found[&st.channel]["drift"], json!([]), "{found}");
+    assert_eq!(found[&st.channel]["health"]["state"], "Unknown", "{found}");
     // The next check reaches the server again: in sync.
     let again = check(&st, "--no-heal");
-    assert_eq!(again["demo"]["unknown"], json!([]), "{again}");
-    assert_ne!(again["demo"]["health"]["state"], "Unknown", "{again}");
+    assert_eq!(again[&st.channel]["unknown"], json!([]), "{again}");
+    assert_ne!(again[&st.channel]["health"]["state"], "Unknown", "{again}");
 }
 
 /// A hand edit that changes a Service port's key (`kubectl edit`: port 80 → 8080) leaves an
@@ -528,7 +547,7 @@ async fn a_port_edited_by_hand_is_unreconcilable_drift_with_the_servers_reason()
     use k8s_openapi::api::core::v1::Service;
     let c = TestCluster::start().await;
     let st = setup(&c);
-    let services: Api<Service> = Api::namespaced(c.client.clone(), "demo");
+    let services: Api<Service> = Api::namespaced(c.client.clone(), &st.ns);
     let mut svc = services.get("web").await.unwrap();
     let ports = svc.spec.as_mut().unwrap().ports.as_mut().unwrap();
     ports[0].port = 8080;
@@ -544,7 +563,10 @@ async fn a_port_edited_by_hand_is_unreconcilable_drift_with_the_servers_reason()
         .await
         .unwrap();
     let found = check(&st, "--heal");
-    let drift = found["demo"]["drift"].as_array().cloned().unwrap_or_default();
+    let drift = found[&st.channel]["drift"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let web = drift
         .iter()
         .find(|d| d["object"]["kind"] == "Service")
@@ -556,7 +578,7 @@ async fn a_port_edited_by_hand_is_unreconcilable_drift_with_the_servers_reason()
         reason.contains("422") && reason.contains("Duplicate value"),
         "{reason}"
     );
-    assert_eq!(found["demo"]["unknown"], json!([]), "{found}");
+    assert_eq!(found[&st.channel]["unknown"], json!([]), "{found}");
 }
 
 /// The same hand edit on a Service opted in with `skiff.dev/heal: replace`: self-heal

@@ -177,6 +177,24 @@ impl GitRepo {
     }
 }
 
+/// Copies the example apps (`deploy/examples/apps`) into `dest` with their namespace `demo`
+/// renamed to `namespace`: tests that run against a real cluster must not share objects
+/// (a fresh agent in one test would prune another's).
+pub fn example_apps_in(dest: &Path, namespace: &str) {
+    copy_tree(&examples_dir().join("apps"), dest);
+    for file in files_with_ext(dest, &[".yaml", ".yml"]) {
+        let path = dest.join(file);
+        let text = std::fs::read_to_string(&path).expect("example file");
+        let text = text
+            .replace("namespace: demo", &format!("namespace: {namespace}"))
+            .replace(
+                "kind: Namespace\nmetadata:\n  name: demo\n",
+                &format!("kind: Namespace\nmetadata:\n  name: {namespace}\n"),
+            );
+        std::fs::write(&path, text).expect("example file");
+    }
+}
+
 /// Copies every file below `from` to `to`, creating folders.
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
