@@ -147,8 +147,14 @@ impl KubeApplier {
     /// Runs `f` on every item with as many in flight as the server's pace allows
     /// ([`super::pace`]); an item whose request the server throttled (429, 5xx, no answer)
     /// waits and is tried again, [`TRIES`] times in all. `f` hands its item back with the
-    /// result. Results in completion order.
-    async fn paced<T, R, F, Fut>(&self, items: Vec<T>, f: F) -> Vec<(T, Result<R, Failure>)>
+    /// result; `keep` says what of a finished item to keep (its identity, not the object).
+    /// Results in completion order.
+    async fn paced<T, K, R, F, Fut>(
+        &self,
+        items: Vec<T>,
+        f: F,
+        keep: impl Fn(T) -> K,
+    ) -> Vec<(K, Result<R, Failure>)>
     where
         F: Fn(T) -> Fut,
         Fut: std::future::Future<Output = (T, Result<R, Failure>)>,
@@ -187,7 +193,7 @@ impl KubeApplier {
                 }
                 pending.push_back((item, attempt + 1));
             } else {
-                out.push((item, r));
+                out.push((keep(item), r));
             }
         }
         out
@@ -244,6 +250,10 @@ impl KubeApplier {
             for o in page.items {
                 if let Some(name) = o.metadata.name.clone() {
                     let key = (o.metadata.namespace.clone(), name);
+                    let mut o = o;
+                    // Who manages which field is no part of the comparison (drift::diff
+                    // skips it) and is most of an object's size: not kept.
+                    o.metadata.managed_fields = None;
                     let mut live = serde_json::to_value(&o).unwrap_or(Value::Null);
                     // List items carry no apiVersion and kind; a GET's object does.
                     if let Some(map) = live.as_object_mut() {
@@ -527,14 +537,24 @@ impl KubeApplier {
             })
             .collect();
         for group in plan(all) {
+            // The group's CRDs are waited for after it applied (kept aside: the group itself
+            // is handed over, not copied).
+            let crds: Vec<Desired> = group
+                .iter()
+                .filter(|o| o.id.kind == "CustomResourceDefinition")
+                .cloned()
+                .collect();
             let results = self
-                .paced(group.clone(), |o| async move {
-                    let r = self.apply_one(&o).await;
-                    (o, r)
-                })
+                .paced(
+                    group,
+                    |o| async move {
+                        let r = self.apply_one(&o).await;
+                        (o, r)
+                    },
+                    |o| o.id,
+                )
                 .await;
-            for (o, r) in results {
-                let id = o.id;
+            for (id, r) in results {
                 match r {
                     Ok(()) => outcome.applied.push(id),
                     Err((message, transient)) => {
@@ -557,11 +577,7 @@ impl KubeApplier {
                 };
                 used.contains(&(of("/spec/group"), of("/spec/names/kind")))
             };
-            for crd in group
-                .iter()
-                .filter(|o| o.id.kind == "CustomResourceDefinition")
-                .filter(needed)
-            {
+            for crd in crds.iter().filter(needed) {
                 if let Err(message) = self.wait_established(&crd.id.name).await {
                     outcome.transient = true;
                     outcome.errors.push(ObjectError {
@@ -655,9 +671,10 @@ impl KubeApplier {
                 .ok();
             lists.insert((api_version.clone(), kind.clone()), listed);
         }
-        let listed = |id: &ObjectRef| match lists.get(&(id.api_version.clone(), id.kind.clone())) {
-            Some(Some(items)) => match items.get(&(id.namespace.clone(), id.name.clone())) {
-                Some(live) => Listed::Found(Box::new(live.clone())),
+        // Each object takes its live copy out of the lists (nothing is held twice).
+        let mut take = |id: &ObjectRef| match lists.get_mut(&(id.api_version.clone(), id.kind.clone())) {
+            Some(Some(items)) => match items.remove(&(id.namespace.clone(), id.name.clone())) {
+                Some(live) => Listed::Found(Box::new(live)),
                 None => Listed::Absent,
             },
             _ => Listed::Unknown,
@@ -665,19 +682,29 @@ impl KubeApplier {
         // In the apply's phase order: a healed Namespace (or CRD) exists before what lives
         // in it is healed, in the same round.
         let mut results: Vec<(ObjectRef, Result<Compared, Failure>)> = Vec::new();
+        let mut rest = all;
         for phase in 0..=2u8 {
-            let batch: Vec<(Desired, Listed)> = all
-                .iter()
-                .filter(|o| super::phase(&o.id) == phase)
-                .map(|o| (o.clone(), listed(&o.id)))
+            let (now, later): (Vec<Desired>, Vec<Desired>) =
+                rest.into_iter().partition(|o| super::phase(&o.id) == phase);
+            rest = later;
+            let batch: Vec<(Desired, Listed)> = now
+                .into_iter()
+                .map(|o| {
+                    let live = take(&o.id);
+                    (o, live)
+                })
                 .collect();
             let done = self
-                .paced(batch, |(o, live)| async move {
-                    let r = self.check_one(channel, &o, live.clone(), heal, compare).await;
-                    ((o, live), r)
-                })
+                .paced(
+                    batch,
+                    |(o, live)| async move {
+                        let r = self.check_one(channel, &o, &live, heal, compare).await;
+                        ((o, live), r)
+                    },
+                    |(o, _)| o.id,
+                )
                 .await;
-            results.extend(done.into_iter().map(|((o, _), r)| (o.id, r)));
+            results.extend(done);
         }
         let mut checked = Checked::default();
         for (id, r) in results {
@@ -708,7 +735,7 @@ impl KubeApplier {
         &self,
         channel: &str,
         o: &Desired,
-        listed: Listed,
+        listed: &Listed,
         heal: bool,
         compare: bool,
     ) -> Result<(Option<Drift>, Health1), Failure> {
@@ -718,13 +745,17 @@ impl KubeApplier {
             .map_err(|e| describe(&e))?;
         let api = self.api(&ar, &caps, o.id.namespace.as_deref());
         let heal = heal && !crate::drift::self_heal_disabled(&o.value);
+        let fetched;
         let live = match listed {
-            Listed::Found(live) => Some(*live),
-            Listed::Absent | Listed::Unknown => api
-                .get_opt(&o.id.name)
-                .await
-                .map_err(|e| describe(&e))?
-                .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null)),
+            Listed::Found(live) => Some(live.as_ref()),
+            Listed::Absent | Listed::Unknown => {
+                fetched = api
+                    .get_opt(&o.id.name)
+                    .await
+                    .map_err(|e| describe(&e))?
+                    .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null));
+                fetched.as_ref()
+            }
         };
         let Some(live) = live else {
             self.remember(channel, &o.id, None);
@@ -744,7 +775,7 @@ impl KubeApplier {
             ));
         };
         if !compare {
-            let (state, reason) = crate::drift::object_health(&live);
+            let (state, reason) = crate::drift::object_health(live);
             return Ok((None, (o.id.clone(), state, reason)));
         }
         let version = live
@@ -754,7 +785,7 @@ impl KubeApplier {
             .to_owned();
         let seen = (version, desired_digest(&o.value));
         if self.remember && !seen.0.is_empty() && self.remembered(channel, &o.id).as_ref() == Some(&seen) {
-            let (state, reason) = crate::drift::object_health(&live);
+            let (state, reason) = crate::drift::object_health(live);
             return Ok((None, (o.id.clone(), state, reason)));
         }
         self.remember(channel, &o.id, None);
@@ -769,10 +800,10 @@ impl KubeApplier {
             // With the object's opt-in (`skiff.dev/heal: replace`), it is replaced by the
             // manifest and applied again: the foreign list items go, skiff owns its fields.
             Err(kube::Error::Api(s)) if s.code == 422 => {
-                let (state, reason) = crate::drift::object_health(&live);
+                let (state, reason) = crate::drift::object_health(live);
                 let corrected = heal && super::replace_allowed(&o.value);
                 if corrected {
-                    self.replace_one(&api, o, &live).await?;
+                    self.replace_one(&api, o, live).await?;
                 }
                 let hint = if super::replace_allowed(&o.value) {
                     String::new()
@@ -796,8 +827,8 @@ impl KubeApplier {
             Err(e) => return Err(describe(&e)),
         };
         let dry = serde_json::to_value(&dry).unwrap_or(Value::Null);
-        let paths = crate::drift::diff(&dry, &live, &o.id.kind);
-        let (state, reason) = crate::drift::object_health(&live);
+        let paths = crate::drift::diff(&dry, live, &o.id.kind);
+        let (state, reason) = crate::drift::object_health(live);
         let health = (o.id.clone(), state, reason);
         if paths.is_empty() {
             self.remember(channel, &o.id, Some(seen));
