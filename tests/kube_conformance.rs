@@ -679,7 +679,8 @@ async fn a_deployment_selector_is_immutable() {
 }
 
 /// A chunked list (`limit` + `continue`) returns every object once, in pages, with the
-/// count of what remains; and an update that leaves a Service's allocated clusterIP empty
+/// count of what remains; a metadata-only list gives names and versions and no content;
+/// and an update that leaves a Service's allocated clusterIP empty
 /// keeps the address (kube-apiserver's patchAllocatedValues).
 #[tokio::test]
 async fn lists_page_with_limit_and_continue_and_updates_keep_allocated_addresses() {
@@ -717,6 +718,35 @@ async fn lists_page_with_limit_and_continue_and_updates_keep_allocated_addresses
     names.sort();
     assert_eq!(names, (0..7).map(|i| format!("page-{i}")).collect::<Vec<_>>());
     assert_eq!(pages, 3);
+    // Metadata only (`as=PartialObjectMetadataList`): names and versions, no data.
+    let meta = maps
+        .list_metadata(&ListParams::default().labels("paged=yes"))
+        .await
+        .unwrap();
+    assert_eq!(meta.items.len(), 7);
+    assert!(
+        meta.items
+            .iter()
+            .all(|m| m.metadata.resource_version.is_some() && m.metadata.name.is_some())
+    );
+    let raw: Value = c
+        .client
+        .request(
+            http::Request::get(format!(
+                "/api/v1/namespaces/{ns}/configmaps?labelSelector=paged%3Dyes"
+            ))
+            .header(
+                "Accept",
+                "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+            )
+            .body(Vec::new())
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw["kind"], "PartialObjectMetadataList", "{raw}");
+    assert_eq!(raw["items"][0]["kind"], "PartialObjectMetadata", "{raw}");
+    assert!(raw["items"][0].get("data").is_none(), "{raw}");
 
     let services: Api<Service> = Api::namespaced(c.client.clone(), &ns);
     let svc = services

@@ -55,21 +55,61 @@ pub struct KubeApplier {
     pace: Mutex<Pace>,
 }
 
-/// Per channel, per object: the resourceVersion and desired digest last found in sync.
-type InSync = HashMap<String, BTreeMap<ObjectRef, (String, u64)>>;
+/// What the last check found of an object in sync: its resourceVersion, the digest of
+/// what skiff wants of it, and its health then (unchanged while the version is).
+type Seen = (String, u64, (&'static str, Option<String>));
+
+/// Per channel, per object: what the last check found of the objects in sync.
+type InSync = HashMap<String, BTreeMap<ObjectRef, Seen>>;
 
 /// Objects listed in one page of a drift check's list requests.
 const LIST_PAGE: u32 = 500;
 
 /// What a drift check's list found of one object.
-#[derive(Clone)]
 enum Listed {
-    /// Listed with the channel label: the live object.
-    Found(Box<Value>),
+    /// Listed with the channel label, at this resourceVersion.
+    Version(String),
     /// Not listed: deleted, or its label removed (asked for by name).
     Absent,
     /// Its kind could not be listed: asked for by name.
     Unknown,
+}
+
+/// An object's key within its kind: (namespace, name).
+type Key = (Option<String>, String);
+
+/// Lists the objects carrying `labels` page by page (metadata only when `metadata`),
+/// handing each to `each`; no page is kept.
+async fn list_pages(
+    api: &Api<DynamicObject>,
+    labels: &str,
+    metadata: bool,
+    each: &mut (dyn FnMut(DynamicObject) + Send),
+) -> Result<(), Failure> {
+    let mut params = kube::api::ListParams::default().labels(labels).limit(LIST_PAGE);
+    loop {
+        let next = if metadata {
+            let page = api.list_metadata(&params).await.map_err(|e| describe(&e))?;
+            let next = page.metadata.continue_.clone();
+            for o in page.items {
+                each(DynamicObject {
+                    types: None,
+                    metadata: o.metadata,
+                    data: Value::Null,
+                });
+            }
+            next
+        } else {
+            let page = api.list(&params).await.map_err(|e| describe(&e))?;
+            let next = page.metadata.continue_.clone();
+            page.items.into_iter().for_each(&mut *each);
+            next
+        };
+        match next.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// A digest of what skiff wants of an object (its manifest, as applied).
@@ -206,71 +246,76 @@ impl KubeApplier {
         self
     }
 
-    /// Lists a kind's objects carrying the channel label, page by page: (namespace, name) →
-    /// live object. Cluster-wide first (one request per kind and page); where the agent may
-    /// not list cluster-wide, per namespace in `namespaces`.
-    async fn list_channel(
+    /// The resourceVersion of each object of a kind carrying the channel label, from a
+    /// metadata-only list (`PartialObjectMetadataList`, pages of 500): a few hundred bytes
+    /// per object whatever its size. Cluster-wide first; where the agent may not list
+    /// cluster-wide, per namespace in `namespaces`.
+    async fn list_versions(
         &self,
         channel: &str,
         api_version: &str,
         kind: &str,
         namespaces: &[Option<String>],
-    ) -> Result<HashMap<(Option<String>, String), Value>, Failure> {
+    ) -> Result<HashMap<Key, String>, Failure> {
         let (ar, caps) = self.resolve(api_version, kind).await.map_err(|e| describe(&e))?;
         let labels = format!("{}={channel}", super::CHANNEL_LABEL);
         let mut out = HashMap::new();
-        match self
-            .list_pages(&ar, &self.api(&ar, &caps, None), &labels, &mut out)
-            .await
-        {
-            Ok(()) => Ok(out),
+        let mut each = |meta: kube::api::ObjectMeta| {
+            if let Some(name) = meta.name {
+                out.insert((meta.namespace, name), meta.resource_version.unwrap_or_default());
+            }
+        };
+        let all = self.api(&ar, &caps, None);
+        match list_pages(&all, &labels, true, &mut |o| each(o.metadata)).await {
             Err(_) if caps.scope == Scope::Namespaced => {
-                out.clear();
                 for ns in namespaces {
                     let api = self.api(&ar, &caps, ns.as_deref());
-                    self.list_pages(&ar, &api, &labels, &mut out).await?;
+                    list_pages(&api, &labels, true, &mut |o| each(o.metadata)).await?;
                 }
-                Ok(out)
             }
-            Err(e) => Err(e),
+            other => other?,
         }
+        Ok(out)
     }
 
-    async fn list_pages(
+    /// The health of each object of a kind carrying the channel label that `wanted` names,
+    /// read from full lists one page at a time (a page's objects are dropped once read).
+    async fn list_health(
         &self,
-        ar: &ApiResource,
-        api: &Api<DynamicObject>,
-        labels: &str,
-        out: &mut HashMap<(Option<String>, String), Value>,
-    ) -> Result<(), Failure> {
-        let mut params = kube::api::ListParams::default().labels(labels).limit(LIST_PAGE);
-        loop {
-            let page = api.list(&params).await.map_err(|e| describe(&e))?;
-            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-            for o in page.items {
-                if let Some(name) = o.metadata.name.clone() {
-                    let key = (o.metadata.namespace.clone(), name);
-                    let mut o = o;
-                    // Who manages which field is no part of the comparison (drift::diff
-                    // skips it) and is most of an object's size: not kept.
-                    o.metadata.managed_fields = None;
-                    let mut live = serde_json::to_value(&o).unwrap_or(Value::Null);
-                    // List items carry no apiVersion and kind; a GET's object does.
-                    if let Some(map) = live.as_object_mut() {
-                        map.insert("apiVersion".into(), ar.api_version.clone().into());
-                        map.insert("kind".into(), ar.kind.clone().into());
-                    }
-                    out.insert(key, live);
+        channel: &str,
+        api_version: &str,
+        kind: &str,
+        wanted: &std::collections::BTreeSet<Key>,
+    ) -> Result<HashMap<Key, (&'static str, Option<String>)>, Failure> {
+        let (ar, caps) = self.resolve(api_version, kind).await.map_err(|e| describe(&e))?;
+        let labels = format!("{}={channel}", super::CHANNEL_LABEL);
+        let mut out = HashMap::new();
+        let mut each = |o: DynamicObject| {
+            let key = (
+                o.metadata.namespace.clone(),
+                o.metadata.name.clone().unwrap_or_default(),
+            );
+            if wanted.contains(&key) {
+                let live = serde_json::to_value(&o).unwrap_or(Value::Null);
+                out.insert(key, crate::drift::object_health(&live));
+            }
+        };
+        let all = self.api(&ar, &caps, None);
+        match list_pages(&all, &labels, false, &mut each).await {
+            Err(_) if caps.scope == Scope::Namespaced => {
+                let namespaces: std::collections::BTreeSet<&Option<String>> =
+                    wanted.iter().map(|k| &k.0).collect();
+                for ns in namespaces {
+                    let api = self.api(&ar, &caps, ns.as_deref());
+                    list_pages(&api, &labels, false, &mut each).await?;
                 }
             }
-            match next {
-                Some(token) => params = params.continue_token(&token),
-                None => return Ok(()),
-            }
+            other => other?,
         }
+        Ok(out)
     }
 
-    fn remembered(&self, channel: &str, id: &ObjectRef) -> Option<(String, u64)> {
+    fn remembered(&self, channel: &str, id: &ObjectRef) -> Option<Seen> {
         self.in_sync
             .lock()
             .expect("in_sync")
@@ -279,7 +324,7 @@ impl KubeApplier {
             .cloned()
     }
 
-    fn remember(&self, channel: &str, id: &ObjectRef, seen: Option<(String, u64)>) {
+    fn remember(&self, channel: &str, id: &ObjectRef, seen: Option<Seen>) {
         if !self.remember {
             return;
         }
@@ -627,15 +672,76 @@ impl KubeApplier {
             .await
     }
 
-    /// Reads health only (a GET per object, no dry-run): right after an apply, the live
-    /// objects are what skiff just wrote.
+    /// Reads health only, no dry-run (right after an apply, the live objects are what
+    /// skiff just wrote): from full lists of each kind, one page at a time; an object not
+    /// listed is asked for by name.
     pub async fn health(
         &self,
         channel: &str,
         values: Option<&Values>,
         bundle: &Bundle,
     ) -> Result<Checked, Outcome> {
-        self.check_with(channel, values, bundle, false, false, None).await
+        let (all, _duplicates) = split_duplicates(self.desired_objects(channel, values, bundle).await?);
+        let mut kinds: BTreeMap<(String, String), std::collections::BTreeSet<Key>> = BTreeMap::new();
+        for o in &all {
+            kinds
+                .entry((o.id.api_version.clone(), o.id.kind.clone()))
+                .or_default()
+                .insert((o.id.namespace.clone(), o.id.name.clone()));
+        }
+        let mut found = BTreeMap::new();
+        for ((api_version, kind), wanted) in &kinds {
+            if let Ok(h) = self.list_health(channel, api_version, kind, wanted).await {
+                found.insert((api_version.clone(), kind.clone()), h);
+            }
+        }
+        let ids: Vec<ObjectRef> = all.into_iter().map(|o| o.id).collect();
+        let mut checked = Checked::default();
+        let mut unlisted = Vec::new();
+        for id in ids {
+            let listed = found
+                .get_mut(&(id.api_version.clone(), id.kind.clone()))
+                .and_then(|h| h.remove(&(id.namespace.clone(), id.name.clone())));
+            match listed {
+                Some((state, reason)) => checked.health.push((id, state, reason)),
+                None => unlisted.push(id),
+            }
+        }
+        let asked = self
+            .paced(
+                unlisted,
+                |id| async move {
+                    let r = self.get_health(&id).await;
+                    (id, r)
+                },
+                |id| id,
+            )
+            .await;
+        for (id, r) in asked {
+            match r {
+                Ok((state, reason)) => checked.health.push((id, state, reason)),
+                Err((message, _)) => {
+                    checked
+                        .health
+                        .push((id.clone(), "Unknown", Some(message.clone())));
+                    checked.unknown.push(ObjectError { object: id, message });
+                }
+            }
+        }
+        Ok(checked)
+    }
+
+    /// One object's health, read by name (missing: Progressing).
+    async fn get_health(&self, id: &ObjectRef) -> Result<(&'static str, Option<String>), Failure> {
+        let (ar, caps) = self
+            .resolve(&id.api_version, &id.kind)
+            .await
+            .map_err(|e| describe(&e))?;
+        let api = self.api(&ar, &caps, id.namespace.as_deref());
+        Ok(match api.get_opt(&id.name).await.map_err(|e| describe(&e))? {
+            Some(live) => crate::drift::object_health(&serde_json::to_value(&live).unwrap_or(Value::Null)),
+            None => ("Progressing", Some("missing".to_owned())),
+        })
     }
 
     async fn check_with(
@@ -666,15 +772,14 @@ impl KubeApplier {
         let mut lists = BTreeMap::new();
         for ((api_version, kind), namespaces) in &kinds {
             let listed = self
-                .list_channel(channel, api_version, kind, namespaces)
+                .list_versions(channel, api_version, kind, namespaces)
                 .await
                 .ok();
             lists.insert((api_version.clone(), kind.clone()), listed);
         }
-        // Each object takes its live copy out of the lists (nothing is held twice).
         let mut take = |id: &ObjectRef| match lists.get_mut(&(id.api_version.clone(), id.kind.clone())) {
             Some(Some(items)) => match items.remove(&(id.namespace.clone(), id.name.clone())) {
-                Some(live) => Listed::Found(Box::new(live)),
+                Some(version) => Listed::Version(version),
                 None => Listed::Absent,
             },
             _ => Listed::Unknown,
@@ -745,19 +850,23 @@ impl KubeApplier {
             .map_err(|e| describe(&e))?;
         let api = self.api(&ar, &caps, o.id.namespace.as_deref());
         let heal = heal && !crate::drift::self_heal_disabled(&o.value);
-        let fetched;
-        let live = match listed {
-            Listed::Found(live) => Some(live.as_ref()),
-            Listed::Absent | Listed::Unknown => {
-                fetched = api
-                    .get_opt(&o.id.name)
-                    .await
-                    .map_err(|e| describe(&e))?
-                    .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null));
-                fetched.as_ref()
-            }
-        };
-        let Some(live) = live else {
+        let digest = desired_digest(&o.value);
+        // Unchanged on both sides since the last check found it in sync: in sync, with the
+        // health it had (a status change would have changed the version).
+        if let (Listed::Version(version), true) = (listed, compare && self.remember)
+            && let Some((seen_version, seen_digest, (state, reason))) = self.remembered(channel, &o.id)
+            && !version.is_empty()
+            && *version == seen_version
+            && digest == seen_digest
+        {
+            return Ok((None, (o.id.clone(), state, reason)));
+        }
+        let live = api
+            .get_opt(&o.id.name)
+            .await
+            .map_err(|e| describe(&e))?
+            .map(|live| serde_json::to_value(&live).unwrap_or(Value::Null));
+        let Some(live) = live.as_ref() else {
             self.remember(channel, &o.id, None);
             if heal {
                 self.apply_one(o).await?;
@@ -783,11 +892,6 @@ impl KubeApplier {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let seen = (version, desired_digest(&o.value));
-        if self.remember && !seen.0.is_empty() && self.remembered(channel, &o.id).as_ref() == Some(&seen) {
-            let (state, reason) = crate::drift::object_health(live);
-            return Ok((None, (o.id.clone(), state, reason)));
-        }
         self.remember(channel, &o.id, None);
         let mut params = PatchParams::apply(FIELD_MANAGER).dry_run();
         params.force = self.force;
@@ -831,7 +935,11 @@ impl KubeApplier {
         let (state, reason) = crate::drift::object_health(live);
         let health = (o.id.clone(), state, reason);
         if paths.is_empty() {
-            self.remember(channel, &o.id, Some(seen));
+            self.remember(
+                channel,
+                &o.id,
+                Some((version, digest, (health.1, health.2.clone()))),
+            );
             return Ok((None, health));
         }
         if heal {

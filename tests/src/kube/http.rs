@@ -71,6 +71,30 @@ fn parse_target(segments: &[&str]) -> Option<Target> {
 
 /// The field manager of a non-apply write: `fieldManager`, or the client's program name
 /// from its User-Agent, as kube-apiserver derives it.
+/// A list reduced to its items' metadata (`PartialObjectMetadataList`).
+fn metadata_only(mut list: Value) -> Value {
+    let items: Vec<Value> = list
+        .get_mut("items")
+        .and_then(Value::as_array_mut)
+        .map(std::mem::take)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut item| {
+            json!({
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": item.get_mut("metadata").map(Value::take).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    json!({
+        "kind": "PartialObjectMetadataList",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list.get("metadata").cloned().unwrap_or(Value::Null),
+        "items": items,
+    })
+}
+
 fn manager_of(query: &HashMap<String, String>, headers: &HeaderMap) -> String {
     if let Some(m) = query.get("fieldManager").filter(|m| !m.is_empty()) {
         return m.clone();
@@ -245,14 +269,25 @@ fn route(
                     ApiError::bad_request(format!("limit: invalid value {l:?}: not a non-negative integer"))
                 })?),
             };
-            ok(state.list(
+            let list = state.list(
                 &rt,
                 ns,
                 query.get("labelSelector").map(String::as_str),
                 query.get("fieldSelector").map(String::as_str),
                 limit,
                 query.get("continue").map(String::as_str),
-            )?)
+            )?;
+            // `Accept: application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1`:
+            // only each item's metadata, as kube-apiserver answers it.
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if accept.contains("as=PartialObjectMetadataList") {
+                ok(metadata_only(list))
+            } else {
+                ok(list)
+            }
         }
         (Method::GET, Some(name)) => ok(state.get(&rt, ns, name)?),
         (Method::POST, None) => {
