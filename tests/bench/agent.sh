@@ -106,3 +106,30 @@ t6=$(ms)
 t7=$(ms)
 r1=$(curl -sf "$url/debug/requests" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
 echo "drift check of 1,000 objects: $((t7-t6)) ms, $((r1-r0)) API requests ($(head -1 "$work/check.out"))"
+
+# A bundle at the format's caps (64 MiB of manifests in 8,000 ConfigMaps: the costliest
+# shape to parse), kube target: peak RSS against the shipped memory limit (deploy/).
+python3 - "$work/caps" <<'PY'
+import os, sys
+root = sys.argv[1]; os.makedirs(root)
+files_n = 8000; per_file = (64 * 1024 * 1024 - 4096) // files_n
+with open(f"{root}/00-ns.yaml", "w") as f:
+    f.write("apiVersion: v1\nkind: Namespace\nmetadata: {name: caps}\n")
+for i in range(files_n):
+    body = f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}, namespace: caps}}\ndata:\n"
+    k = 0
+    while len(body) + 40 < per_file:
+        body += f"  key-{k:05}: value-{i:05}-{k:05}-abcdefgh\n"; k += 1
+    with open(f"{root}/cm-{i:05}.yaml", "w") as f:
+        f.write(body)
+PY
+"$bin/skiff-hub" bundle build --dir "$work/caps" --channel caps --generation 1 --key "$work/keys/signing.pem" --out "$work/capsb" >/dev/null 2>&1
+server caps
+agent_config capsa "$work/caps.kubeconfig" "$work/none"
+sed -i 's/channels: {bench: {}, demo: {}}/channels: {caps: {}}/' "$work/capsa.yaml"
+b=$(ls "$work"/capsb/*.tar.gz); e=${b%.tar.gz}.dsse.json
+t8=$(ms)
+/usr/bin/time -f "%M" -o "$work/caps.maxrss" "$bin/skiff-agent" import --config "$work/capsa.yaml" "$b" "$e" >/dev/null 2>"$work/caps.log"
+t9=$(ms)
+limit=$(grep -A3 'limits:' deploy/kubernetes/agent/base/deployment.yaml | grep -o 'memory: [0-9]*Mi' | grep -o '[0-9]*')
+echo "bundle at the caps (64 MiB, 8,000 objects), kube target: $((t9-t8)) ms, peak RSS $(awk '{printf "%.0f", $1/1024}' "$work/caps.maxrss") MiB (shipped limits: ${limit:-?} MiB in the Deployment, $(grep -o 'MemoryMax=.*' deploy/systemd/skiff-agent.service) in the unit)"

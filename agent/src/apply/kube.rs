@@ -17,9 +17,10 @@ use skiff_proto::bundle::Bundle;
 
 use super::pace::{self, Observed, Pace};
 use super::{
-    Checked, Desired, Health1, Outcome, Values, objects, plan, prunable, prune_set, split_duplicates,
+    Checked, Desired, Health1, Outcome, Values, duplicate_errors, file_objects, prunable, prune_set,
     unreadable,
 };
+use skiff_proto::manifest::Budget;
 
 /// Field manager of every apply.
 pub const FIELD_MANAGER: &str = "skiff";
@@ -77,6 +78,104 @@ enum Listed {
 
 /// An object's key within its kind: (namespace, name).
 type Key = (Option<String>, String);
+
+/// Objects read from a bundle at a time, at most, and the most manifest text a batch's
+/// files may hold (a batch's parsed objects are what an apply or check holds at once).
+const BATCH: usize = 1024;
+const BATCH_BYTES: usize = 4 << 20;
+
+/// What a scan keeps of one object.
+struct Scan1 {
+    id: ObjectRef,
+    wave: i64,
+    file: usize,
+    origin: String,
+}
+
+/// What a scan keeps of a bundle.
+#[derive(Default)]
+struct Scanned {
+    objects: Vec<Scan1>,
+    /// Whether each (apiVersion, kind) is namespaced.
+    scopes: BTreeMap<(String, String), bool>,
+    /// The bundle's CRDs by name: the (group, kind) each defines.
+    crds: BTreeMap<String, (String, String)>,
+}
+
+impl Scanned {
+    fn note_crd(&mut self, o: &Desired) {
+        let of = |p: &str| {
+            o.value
+                .pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (group, kind) = (of("/spec/group"), of("/spec/names/kind"));
+        let namespaced = of("/spec/scope") == "Namespaced";
+        for v in o
+            .value
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(name) = v.get("name").and_then(Value::as_str) {
+                self.scopes
+                    .insert((format!("{group}/{name}"), kind.clone()), namespaced);
+            }
+        }
+        self.crds.insert(o.id.name.clone(), (group, kind));
+    }
+
+    fn namespaced(&self, id: &ObjectRef) -> bool {
+        self.scopes
+            .get(&(id.api_version.clone(), id.kind.clone()))
+            .copied()
+            .unwrap_or(true)
+    }
+
+    /// The objects in batches, file by file: at most [`BATCH`] objects, and files of at
+    /// most [`BATCH_BYTES`] together (a larger file is a batch of its own).
+    fn batches<'a>(objects: &[&'a Scan1], bundle: &Bundle) -> Vec<Vec<&'a Scan1>> {
+        let mut sorted: Vec<&Scan1> = objects.to_vec();
+        sorted.sort_by_key(|o| o.file);
+        let mut out: Vec<Vec<&Scan1>> = Vec::new();
+        let (mut bytes, mut last_file) = (0usize, None);
+        for o in sorted {
+            let size = bundle.files[o.file].bytes.len();
+            let new_file = last_file != Some(o.file);
+            let full = out.last().is_none_or(|b| {
+                b.len() >= BATCH || (new_file && bytes + size > BATCH_BYTES && !b.is_empty())
+            });
+            if full {
+                out.push(Vec::new());
+                bytes = 0;
+            }
+            if new_file || full {
+                bytes += size;
+            }
+            last_file = Some(o.file);
+            out.last_mut().expect("a batch").push(o);
+        }
+        out
+    }
+}
+
+/// A scan's objects, those defined more than once left out (their apply reports them).
+fn unique(scanned: &Scanned) -> Vec<&Scan1> {
+    let ids: Vec<(ObjectRef, String)> = scanned
+        .objects
+        .iter()
+        .map(|o| (o.id.clone(), o.origin.clone()))
+        .collect();
+    let twice = duplicate_errors(&ids);
+    scanned
+        .objects
+        .iter()
+        .filter(|o| !twice.contains_key(&o.id))
+        .collect()
+}
 
 /// Lists the objects carrying `labels` page by page (metadata only when `metadata`),
 /// handing each to `each`; no page is kept.
@@ -497,63 +596,101 @@ impl KubeApplier {
         }
     }
 
-    /// The bundle's objects, scoped through discovery (or the bundle's own CRDs).
-    async fn desired_objects(
+    /// A first pass over a bundle: every file parsed (values substituted), every object's
+    /// identity, wave and file kept, its content dropped; kinds scoped through the bundle's
+    /// own CRDs or discovery. What an apply or check then needs of the objects is read
+    /// again a batch of files at a time ([`Self::load`]), so a large bundle is never held
+    /// parsed all at once.
+    async fn scan(
         &self,
         channel: &str,
         values: Option<&Values>,
         bundle: &Bundle,
-    ) -> Result<Vec<Desired>, Outcome> {
-        let first = objects(bundle, channel, values, &|_, _| true).map_err(unreadable)?;
-        let mut scopes: BTreeMap<(String, String), bool> = BTreeMap::new();
-        for o in &first {
-            if o.id.kind == "CustomResourceDefinition" {
-                let group = o
-                    .value
-                    .pointer("/spec/group")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let kind = o
-                    .value
-                    .pointer("/spec/names/kind")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let namespaced = o.value.pointer("/spec/scope").and_then(Value::as_str) == Some("Namespaced");
-                for v in o
-                    .value
-                    .pointer("/spec/versions")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(name) = v.get("name").and_then(Value::as_str) {
-                        scopes.insert((format!("{group}/{name}"), kind.to_owned()), namespaced);
+    ) -> Result<Scanned, Outcome> {
+        let mut budget = Budget::for_bundle(bundle.manifest.total_size);
+        let mut scanned = Scanned::default();
+        let mut errors = Vec::new();
+        for (file, f) in bundle.files.iter().enumerate() {
+            match file_objects(bundle, f, channel, values, &|_, _| true, &mut budget) {
+                Ok(objs) => {
+                    for o in objs {
+                        if o.id.kind == "CustomResourceDefinition" {
+                            scanned.note_crd(&o);
+                        }
+                        scanned.objects.push(Scan1 {
+                            id: o.id,
+                            wave: o.wave,
+                            file,
+                            origin: o.origin,
+                        });
                     }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(unreadable(errors));
+        }
+        let kinds: std::collections::BTreeSet<(String, String)> = scanned
+            .objects
+            .iter()
+            .map(|o| (o.id.api_version.clone(), o.id.kind.clone()))
+            .collect();
+        for key in kinds {
+            if scanned.scopes.contains_key(&key) {
+                continue;
+            }
+            if let Ok((_, caps)) = self.resolve(&key.0, &key.1).await {
+                scanned.scopes.insert(key, caps.scope == Scope::Namespaced);
+            }
+        }
+        // Parsed as if every kind were namespaced; cluster-scoped ones lose the namespace
+        // now that discovery has said which they are.
+        let mut objects = std::mem::take(&mut scanned.objects);
+        for o in &mut objects {
+            if !scanned.namespaced(&o.id) {
+                o.id.namespace = None;
+            }
+        }
+        scanned.objects = objects;
+        Ok(scanned)
+    }
+
+    /// The objects of `batch` (from a scan of the same bundle), read again from their files.
+    fn load(
+        &self,
+        channel: &str,
+        values: Option<&Values>,
+        bundle: &Bundle,
+        scanned: &Scanned,
+        batch: &[&Scan1],
+    ) -> Vec<Desired> {
+        let files: std::collections::BTreeSet<usize> = batch.iter().map(|o| o.file).collect();
+        let wanted: std::collections::BTreeSet<&ObjectRef> = batch.iter().map(|o| &o.id).collect();
+        let mut budget = Budget::for_bundle(bundle.manifest.total_size);
+        let mut out = Vec::with_capacity(batch.len());
+        for file in files {
+            // The scan read this file: it reads the same way again.
+            let Ok(objs) = file_objects(
+                bundle,
+                &bundle.files[file],
+                channel,
+                values,
+                &|_, _| true,
+                &mut budget,
+            ) else {
+                continue;
+            };
+            for mut o in objs {
+                if !scanned.namespaced(&o.id) {
+                    super::make_cluster_scoped(&mut o);
+                }
+                if wanted.contains(&o.id) {
+                    out.push(o);
                 }
             }
         }
-        for o in &first {
-            let key = (o.id.api_version.clone(), o.id.kind.clone());
-            if scopes.contains_key(&key) {
-                continue;
-            }
-            if let Ok((_, caps)) = self.resolve(&o.id.api_version, &o.id.kind).await {
-                scopes.insert(key, caps.scope == Scope::Namespaced);
-            }
-        }
-        // Parsed once as if every kind were namespaced; cluster-scoped ones lose the
-        // namespace now that discovery has said which they are.
-        let mut all = first;
-        for o in &mut all {
-            let namespaced = scopes
-                .get(&(o.id.api_version.clone(), o.id.kind.clone()))
-                .copied()
-                .unwrap_or(true);
-            if !namespaced {
-                super::make_cluster_scoped(o);
-            }
-        }
-        Ok(all)
+        out
     }
 
     /// Applies a bundle's objects for `channel`, then prunes what `previous` had and the
@@ -566,45 +703,56 @@ impl KubeApplier {
         previous: &[ObjectRef],
     ) -> Outcome {
         let mut outcome = Outcome::default();
-        let all = match self.desired_objects(channel, values, bundle).await {
-            Ok(all) => all,
+        let scanned = match self.scan(channel, values, bundle).await {
+            Ok(s) => s,
             Err(o) => return o,
         };
         // Objects defined twice are errors, reported after the rest is applied (no prune).
-        let (all, duplicates) = split_duplicates(all);
-
+        let ids: Vec<(ObjectRef, String)> = scanned
+            .objects
+            .iter()
+            .map(|o| (o.id.clone(), o.origin.clone()))
+            .collect();
+        let duplicates: Vec<ObjectError> = duplicate_errors(&ids).into_values().collect();
+        drop(ids);
+        let twice: std::collections::BTreeSet<&ObjectRef> = duplicates.iter().map(|e| &e.object).collect();
         // Kinds the bundle's objects use: a CRD is waited for only when one of them is its.
-        let used: std::collections::BTreeSet<(String, String)> = all
+        let used: std::collections::BTreeSet<(String, String)> = scanned
+            .objects
             .iter()
             .map(|o| {
                 let group = o.id.api_version.rsplit_once('/').map_or("", |(g, _)| g);
                 (group.to_owned(), o.id.kind.clone())
             })
             .collect();
-        for group in plan(all) {
-            // The group's CRDs are waited for after it applied (kept aside: the group itself
-            // is handed over, not copied).
-            let crds: Vec<Desired> = group
-                .iter()
-                .filter(|o| o.id.kind == "CustomResourceDefinition")
-                .cloned()
-                .collect();
-            let results = self
-                .paced(
-                    group,
-                    |o| async move {
-                        let r = self.apply_one(&o).await;
-                        (o, r)
-                    },
-                    |o| o.id,
-                )
-                .await;
-            for (id, r) in results {
-                match r {
-                    Ok(()) => outcome.applied.push(id),
-                    Err((message, transient)) => {
-                        outcome.transient |= transient;
-                        outcome.errors.push(ObjectError { object: id, message });
+        // In waves, and within a wave in phases (CRDs and Namespaces, cluster-scoped, the rest).
+        let mut order: Vec<&Scan1> = scanned
+            .objects
+            .iter()
+            .filter(|o| !twice.contains(&o.id))
+            .collect();
+        order.sort_by(|a, b| (a.wave, super::phase(&a.id), &a.id).cmp(&(b.wave, super::phase(&b.id), &b.id)));
+        let groups = order.chunk_by(|a, b| (a.wave, super::phase(&a.id)) == (b.wave, super::phase(&b.id)));
+        for group in groups {
+            for batch in Scanned::batches(group, bundle) {
+                let objects = self.load(channel, values, bundle, &scanned, &batch);
+                let results = self
+                    .paced(
+                        objects,
+                        |o| async move {
+                            let r = self.apply_one(&o).await;
+                            (o, r)
+                        },
+                        |o| o.id,
+                    )
+                    .await;
+                for (id, r) in results {
+                    match r {
+                        Ok(()) => outcome.applied.push(id),
+                        Err((message, transient)) => {
+                            outcome.transient |= transient;
+                            outcome.errors.push(ObjectError { object: id, message });
+                        }
                     }
                 }
             }
@@ -612,18 +760,9 @@ impl KubeApplier {
                 // Later waves and phases depend on this one.
                 return outcome;
             }
-            let needed = |crd: &&Desired| {
-                let of = |p: &str| {
-                    crd.value
-                        .pointer(p)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                used.contains(&(of("/spec/group"), of("/spec/names/kind")))
-            };
-            for crd in crds.iter().filter(needed) {
-                if let Err(message) = self.wait_established(&crd.id.name).await {
+            for crd in group.iter().filter(|o| o.id.kind == "CustomResourceDefinition") {
+                let needed = scanned.crds.get(&crd.id.name).is_some_and(|gk| used.contains(gk));
+                if needed && let Err(message) = self.wait_established(&crd.id.name).await {
                     outcome.transient = true;
                     outcome.errors.push(ObjectError {
                         object: crd.id.clone(),
@@ -681,7 +820,8 @@ impl KubeApplier {
         values: Option<&Values>,
         bundle: &Bundle,
     ) -> Result<Checked, Outcome> {
-        let (all, _duplicates) = split_duplicates(self.desired_objects(channel, values, bundle).await?);
+        let scanned = self.scan(channel, values, bundle).await?;
+        let all = unique(&scanned);
         let mut kinds: BTreeMap<(String, String), std::collections::BTreeSet<Key>> = BTreeMap::new();
         for o in &all {
             kinds
@@ -695,7 +835,7 @@ impl KubeApplier {
                 found.insert((api_version.clone(), kind.clone()), h);
             }
         }
-        let ids: Vec<ObjectRef> = all.into_iter().map(|o| o.id).collect();
+        let ids: Vec<ObjectRef> = all.into_iter().map(|o| o.id.clone()).collect();
         let mut checked = Checked::default();
         let mut unlisted = Vec::new();
         for id in ids {
@@ -753,7 +893,8 @@ impl KubeApplier {
         compare: bool,
         only: Option<&[ObjectRef]>,
     ) -> Result<Checked, Outcome> {
-        let (mut all, _duplicates) = split_duplicates(self.desired_objects(channel, values, bundle).await?);
+        let scanned = self.scan(channel, values, bundle).await?;
+        let mut all = unique(&scanned);
         if let Some(only) = only {
             let only: std::collections::BTreeSet<&ObjectRef> = only.iter().collect();
             all.retain(|o| only.contains(&o.id));
@@ -785,31 +926,35 @@ impl KubeApplier {
             _ => Listed::Unknown,
         };
         // In the apply's phase order: a healed Namespace (or CRD) exists before what lives
-        // in it is healed, in the same round.
+        // in it is healed, in the same round. Objects are read a batch at a time.
         let mut results: Vec<(ObjectRef, Result<Compared, Failure>)> = Vec::new();
-        let mut rest = all;
         for phase in 0..=2u8 {
-            let (now, later): (Vec<Desired>, Vec<Desired>) =
-                rest.into_iter().partition(|o| super::phase(&o.id) == phase);
-            rest = later;
-            let batch: Vec<(Desired, Listed)> = now
-                .into_iter()
-                .map(|o| {
-                    let live = take(&o.id);
-                    (o, live)
-                })
+            let now: Vec<&Scan1> = all
+                .iter()
+                .copied()
+                .filter(|o| super::phase(&o.id) == phase)
                 .collect();
-            let done = self
-                .paced(
-                    batch,
-                    |(o, live)| async move {
-                        let r = self.check_one(channel, &o, &live, heal, compare).await;
-                        ((o, live), r)
-                    },
-                    |(o, _)| o.id,
-                )
-                .await;
-            results.extend(done);
+            for batch in Scanned::batches(&now, bundle) {
+                let loaded: Vec<(Desired, Listed)> = self
+                    .load(channel, values, bundle, &scanned, &batch)
+                    .into_iter()
+                    .map(|o| {
+                        let live = take(&o.id);
+                        (o, live)
+                    })
+                    .collect();
+                let done = self
+                    .paced(
+                        loaded,
+                        |(o, live)| async move {
+                            let r = self.check_one(channel, &o, &live, heal, compare).await;
+                            ((o, live), r)
+                        },
+                        |(o, _)| o.id,
+                    )
+                    .await;
+                results.extend(done);
+            }
         }
         let mut checked = Checked::default();
         for (id, r) in results {
@@ -1078,5 +1223,60 @@ mod tests {
         assert!(message.contains("no message"), "{message}");
         assert!(describe(&api_error(429, "TooManyRequests", "slow down")).1);
         assert!(!describe(&api_error(422, "Invalid", "spec.selector: immutable")).1);
+    }
+
+    #[test]
+    fn batches_keep_to_their_object_and_byte_budgets() {
+        use super::{BATCH, BATCH_BYTES, Bundle, ObjectRef, Scan1, Scanned};
+        use skiff_proto::bundle::{BundleFile, BundleManifest, FORMAT_VERSION, Source};
+        let sizes = [3 << 20, 3 << 20, 100, 100, 5 << 20];
+        let bundle = Bundle {
+            manifest: BundleManifest {
+                format_version: FORMAT_VERSION,
+                channel: "c".into(),
+                source: Source::default(),
+                default_namespace: None,
+                files: Vec::new(),
+                total_size: 0,
+            },
+            files: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| BundleFile {
+                    path: format!("f{i}.yaml"),
+                    bytes: vec![b' '; *n],
+                })
+                .collect(),
+        };
+        let scan = |file: usize, n: usize| Scan1 {
+            id: ObjectRef {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                namespace: Some("ns".into()),
+                name: format!("o-{file}-{n}"),
+            },
+            wave: 0,
+            file,
+            origin: String::new(),
+        };
+        // Two objects in each of the first two files, 1,500 small ones, one in the largest.
+        let mut objects = vec![scan(0, 0), scan(0, 1), scan(1, 0), scan(1, 1), scan(4, 0)];
+        objects.extend((0..1_500).map(|n| scan(2 + n % 2, n)));
+        let refs: Vec<&Scan1> = objects.iter().collect();
+        let batches = Scanned::batches(&refs, &bundle);
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), objects.len());
+        assert!(batches.iter().all(|b| b.len() <= BATCH));
+        for b in &batches {
+            let files: std::collections::BTreeSet<usize> = b.iter().map(|o| o.file).collect();
+            let bytes: usize = files.iter().map(|f| sizes[*f]).sum();
+            assert!(bytes <= BATCH_BYTES || files.len() == 1, "{files:?}: {bytes}");
+        }
+        // A file's objects are never split from the file they share a batch with badly:
+        // file 0's two objects are together.
+        assert!(
+            batches
+                .iter()
+                .any(|b| b.iter().filter(|o| o.file == 0).count() == 2)
+        );
     }
 }
