@@ -539,18 +539,13 @@ async fn objects_that_cannot_be_compared_are_unknown_not_in_sync_needs_fault_inj
     assert_ne!(again[&st.channel]["health"]["state"], "Unknown", "{again}");
 }
 
-/// A hand edit that changes a Service port's key (`kubectl edit`: port 80 → 8080) leaves an
-/// object skiff's manifest cannot be applied over (two ports named `http`): it is drift,
-/// `unreconcilable`, with the server's reason, not "in sync" and not an error.
-#[tokio::test]
-async fn a_port_edited_by_hand_is_unreconcilable_drift_with_the_servers_reason() {
-    use k8s_openapi::api::core::v1::Service;
-    let c = TestCluster::start().await;
-    let st = setup(&c);
-    let services: Api<Service> = Api::namespaced(c.client.clone(), &st.ns);
-    let mut svc = services.get("web").await.unwrap();
-    let ports = svc.spec.as_mut().unwrap().ports.as_mut().unwrap();
-    ports[0].port = 8080;
+/// `kubectl edit` of Service `web`: its first port 80 → 8080 (the port is the key of the
+/// ports list, so another manager now owns an item skiff's manifest does not have).
+async fn edit_port_by_hand(
+    services: &Api<k8s_openapi::api::core::v1::Service>,
+    mut svc: k8s_openapi::api::core::v1::Service,
+) {
+    svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 8080;
     services
         .replace(
             "web",
@@ -562,6 +557,18 @@ async fn a_port_edited_by_hand_is_unreconcilable_drift_with_the_servers_reason()
         )
         .await
         .unwrap();
+}
+
+/// A hand edit that changes a Service port's key (`kubectl edit`: port 80 → 8080) leaves an
+/// object skiff's manifest cannot be applied over (two ports named `http`): it is drift,
+/// `unreconcilable`, with the server's reason, not "in sync" and not an error.
+#[tokio::test]
+async fn a_port_edited_by_hand_is_unreconcilable_drift_with_the_servers_reason() {
+    use k8s_openapi::api::core::v1::Service;
+    let c = TestCluster::start().await;
+    let st = setup(&c);
+    let services: Api<Service> = Api::namespaced(c.client.clone(), &st.ns);
+    edit_port_by_hand(&services, services.get("web").await.unwrap()).await;
     let found = check(&st, "--heal");
     let drift = found[&st.channel]["drift"]
         .as_array()
@@ -622,19 +629,7 @@ async fn unreconcilable_drift_is_healed_by_replace_when_the_object_opts_in() {
     let services: Api<Service> = Api::namespaced(c.client.clone(), &ns);
     let before = services.get("web").await.unwrap();
     let cluster_ip = before.spec.as_ref().unwrap().cluster_ip.clone();
-    let mut edited = before.clone();
-    edited.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 8080;
-    services
-        .replace(
-            "web",
-            &kube::api::PostParams {
-                field_manager: Some("kubectl-edit".into()),
-                ..Default::default()
-            },
-            &edited,
-        )
-        .await
-        .unwrap();
+    edit_port_by_hand(&services, before).await;
     let run = agent(&["check", "--config", s(&config), "--heal", "--output", "json"]).success();
     let found: Value = serde_json::from_str(&run.stdout).unwrap();
     let drift = found[&channel]["drift"].as_array().cloned().unwrap_or_default();

@@ -91,11 +91,7 @@ pub fn diff(desired: &Value, live: &Value, kind: &str) -> Vec<DriftPath> {
 
 /// Whether an object opted out of self-heal.
 pub fn self_heal_disabled(object: &Value) -> bool {
-    object
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(SELF_HEAL_ANNOTATION))
-        .and_then(Value::as_str)
-        == Some("false")
+    skiff_proto::manifest::annotation(object, SELF_HEAL_ANNOTATION) == Some("false")
 }
 
 /// One object's health: `Healthy`, `Progressing` or `Degraded` with a reason.

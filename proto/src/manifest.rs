@@ -344,6 +344,14 @@ pub fn objects_of(file: &str, doc: Document) -> Result<Vec<Object>, ManifestErro
         .collect()
 }
 
+/// An object's annotation `key`, when it is a string (the switches skiff reads per object).
+pub fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_str)
+}
+
 /// Checks a DNS-1123 label (namespace names): 1–63 of `[a-z0-9-]`, alphanumeric at both ends.
 pub fn check_dns_label(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 63 {

@@ -165,11 +165,7 @@ pub(crate) fn is_whole_reference(text: &str) -> bool {
 
 /// Whether an object opted out of substitution.
 pub fn opted_out(object: &Value) -> bool {
-    object
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(SUBSTITUTE_ANNOTATION))
-        .and_then(Value::as_str)
-        == Some("disabled")
+    crate::manifest::annotation(object, SUBSTITUTE_ANNOTATION) == Some("disabled")
 }
 
 /// Substitutes every string value of an object (unless it opted out), typing marked plain

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 use skiff_proto::api::{Drift, ObjectError, ObjectRef};
-use skiff_proto::manifest::ManifestError;
+use skiff_proto::manifest::{ManifestError, annotation};
 pub use skiff_proto::objects::{
     CHANNEL_LABEL, Desired, Values, WAVE_ANNOTATION, builtin_cluster_scoped, file_objects,
     make_cluster_scoped, objects,
@@ -22,11 +22,7 @@ pub const RECREATE_ANNOTATION: &str = "skiff.dev/recreate";
 
 /// Whether an object opted in to delete-and-recreate.
 pub fn recreate_allowed(value: &Value) -> bool {
-    value
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(RECREATE_ANNOTATION))
-        .and_then(Value::as_str)
-        == Some("true")
+    annotation(value, RECREATE_ANNOTATION) == Some("true")
 }
 
 /// Annotation letting self-heal replace an object whose manifest the server refuses to
@@ -37,11 +33,7 @@ pub const HEAL_ANNOTATION: &str = "skiff.dev/heal";
 
 /// Whether an object opted in to being replaced when it cannot be applied over.
 pub fn replace_allowed(value: &Value) -> bool {
-    value
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(HEAL_ANNOTATION))
-        .and_then(Value::as_str)
-        == Some("replace")
+    annotation(value, HEAL_ANNOTATION) == Some("replace")
 }
 
 /// Annotation keeping an object from being pruned (`disabled`).
@@ -155,10 +147,7 @@ pub fn prune_set(previous: &[ObjectRef], current: &[ObjectRef]) -> Vec<ObjectRef
 
 /// Whether an object may be pruned (not annotated `skiff.dev/prune: disabled`).
 pub fn prunable(live: &Value) -> bool {
-    live.pointer("/metadata/annotations")
-        .and_then(|a| a.get(PRUNE_ANNOTATION))
-        .and_then(Value::as_str)
-        != Some("disabled")
+    annotation(live, PRUNE_ANNOTATION) != Some("disabled")
 }
 
 /// An outcome for a bundle whose documents could not be read: every error, none applied.
