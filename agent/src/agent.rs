@@ -12,7 +12,7 @@ use skiff_proto::Sha256Digest;
 use skiff_proto::api::{ObjectRef, Outcome as ReportOutcome, Report, limits};
 use skiff_proto::dsse::Envelope;
 use skiff_proto::statement::Timestamp;
-use skiff_proto::verify::{Accepted as AcceptedGen, Policy, TrustSet, VerifyError, verify_bundle};
+use skiff_proto::verify::{Accepted as AcceptedGen, Policy, TrustSet, VerifyError, verify_bundle_content};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -22,6 +22,7 @@ use crate::apply::{Checked, Outcome};
 use crate::config::{AgentConfig, Target};
 use crate::source::{HubClient, ImportStamp, SourceError, scan_import_dir};
 use crate::store::{Accepted, Applied, ChannelState, Store};
+use crate::verify::StoredBundle;
 
 mod assigned;
 pub use assigned::{TakenAssignment, admit, changes, values_for};
@@ -342,7 +343,7 @@ impl Agent {
             return Ok(Offered::NotAssigned(error));
         }
         let verified = match statement.map_err(|e| e.to_string()).and_then(|_| {
-            verify_bundle(&self.trust, envelope_json, &tarball, &policy).map_err(|e| e.to_string())
+            verify_bundle_content(&self.trust, envelope_json, &tarball, &policy).map_err(|e| e.to_string())
         }) {
             Ok(v) => v,
             Err(error) => {
@@ -357,10 +358,9 @@ impl Agent {
                 return Ok(Offered::Rejected(error));
             }
         };
-        // The bundle is read again from the store to apply it: holding this copy too would
-        // double the memory a large bundle needs.
-        let statement = verified.statement;
-        drop(verified.bundle);
+        // Checked file by file and nothing kept: the bundle is read again from the store,
+        // a file at a time, to apply it.
+        let (statement, _manifest) = verified;
         let s = &statement;
         let same = state
             .accepted
@@ -478,11 +478,8 @@ impl Agent {
         };
         let values = self.values(channel);
         let outcome = match &self.applier {
-            Applier::Kube(k) => {
-                k.apply(channel, values.as_ref(), &verified.bundle, &previous)
-                    .await
-            }
-            Applier::Dir(d) => d.apply(channel, values.as_ref(), &verified.bundle, &previous),
+            Applier::Kube(k) => k.apply(channel, values.as_ref(), &verified, &previous).await,
+            Applier::Dir(d) => d.apply(channel, values.as_ref(), &verified, &previous),
         };
         let ok = outcome.errors.is_empty();
         // What is in the cluster now: all of it on success; on failure nothing was pruned,
@@ -559,13 +556,10 @@ impl Agent {
             // Right after applying: the objects' health (no drift yet: skiff just wrote them).
             let checked = match &self.applier {
                 Applier::Kube(k) => k
-                    .health(channel, values.as_ref(), &verified.bundle)
+                    .health(channel, values.as_ref(), &verified)
                     .await
                     .unwrap_or_default(),
-                Applier::Dir(_) => {
-                    self.inspect(channel, &verified.bundle, false, &state.inventory)
-                        .await
-                }
+                Applier::Dir(_) => self.inspect(channel, &verified, false, &state.inventory).await,
             };
             let applied: std::collections::BTreeSet<&ObjectRef> = state.inventory.iter().collect();
             let health: Vec<_> = checked
@@ -602,19 +596,20 @@ impl Agent {
     /// The accepted bundle of a channel, read from the store and verified again (the store
     /// is a disk, and disks lie). Expiry is about accepting: the last good state stays
     /// applicable offline.
-    fn stored_bundle(
-        &self,
-        channel: &str,
-        accepted: &Accepted,
-    ) -> anyhow::Result<skiff_proto::verify::Verified> {
-        let tarball = self.store.bundle(&accepted.sha256)?;
+    fn stored_bundle(&self, channel: &str, accepted: &Accepted) -> anyhow::Result<StoredBundle> {
         let policy = Policy {
             channel: Some(channel.to_owned()),
             now: accepted.at,
             ..Policy::default()
         };
-        verify_bundle(&self.trust, &accepted.envelope.to_json(), &tarball, &policy)
-            .map_err(|e| anyhow::anyhow!("stored bundle of channel {channel} no longer verifies: {e}"))
+        StoredBundle::verify(
+            &self.trust,
+            &accepted.envelope.to_json(),
+            &self.store.bundle_path(&accepted.sha256),
+            &policy,
+        )
+        .map(|(_, bundle)| bundle)
+        .map_err(|e| anyhow::anyhow!("stored bundle of channel {channel} no longer verifies: {e}"))
     }
 
     /// Compares the cluster with a channel's applied bundle; re-applies drifted objects if
@@ -622,7 +617,7 @@ impl Agent {
     async fn inspect(
         &self,
         channel: &str,
-        bundle: &skiff_proto::bundle::Bundle,
+        bundle: &dyn skiff_proto::bundle::BundleFiles,
         heal: bool,
         inventory: &[ObjectRef],
     ) -> Checked {
@@ -637,7 +632,7 @@ impl Agent {
     async fn inspect_all(
         &self,
         channel: &str,
-        bundle: &skiff_proto::bundle::Bundle,
+        bundle: &dyn skiff_proto::bundle::BundleFiles,
         heal: bool,
         inventory: &[ObjectRef],
     ) -> Checked {
@@ -666,9 +661,7 @@ impl Agent {
             return Ok(Checked::default()); // not applied yet: the apply path owns it
         }
         let verified = self.stored_bundle(channel, &accepted)?;
-        let checked = self
-            .inspect(channel, &verified.bundle, heal, &state.inventory)
-            .await;
+        let checked = self.inspect(channel, &verified, heal, &state.inventory).await;
         let health = crate::drift::roll_up(&checked.health);
         let health_changed = state.health.as_ref().map(|h| &h.state) != Some(&health.state);
         let corrected = checked.drift.iter().filter(|d| d.corrected).count() as u64;

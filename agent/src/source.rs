@@ -300,8 +300,11 @@ impl HubClient {
     pub async fn send_reports(&self, reports: &[Report]) -> Result<ReportAck, SourceError> {
         let url = format!("{}/v1/clusters/{}/reports", self.hub()?, self.cluster);
         let what = format!("POST {url}");
+        // A report batch is small: a hub that has not answered in 20 s is treated as down
+        // (the batch waits in the outbox and goes again), not waited on for a long-poll's
+        // time.
         let resp = self
-            .auth(self.http.post(&url).json(reports))
+            .auth(self.http.post(&url).json(reports).timeout(REPORT_TIMEOUT))
             .send()
             .await
             .map_err(|e| transport(&what, &e))?;
@@ -315,6 +318,9 @@ impl HubClient {
         serde_json::from_slice(&body).map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))
     }
 }
+
+/// Longest a report delivery may take.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A complete `<sha256>.tar.gz` + `<sha256>.dsse.json` pair found in the import folder.
 #[derive(Debug)]

@@ -61,3 +61,124 @@ pub fn check_files(
         source,
     })
 }
+
+/// A bundle in the agent's store, checked once in full and then read again a file at a
+/// time whenever it is applied or compared: its content is never held whole. Every read
+/// checks each file's digest against the manifest, and the manifest against the one
+/// verified, so a file changed on disk since is refused, not applied.
+pub struct StoredBundle {
+    path: PathBuf,
+    manifest: skiff_proto::bundle::BundleManifest,
+    limits: skiff_proto::bundle::Limits,
+}
+
+impl StoredBundle {
+    /// Verifies the stored tarball at `path` against its signed envelope (every step of
+    /// `FORMAT.md` §5; the digest and content read as streams, nothing kept).
+    pub fn verify(
+        trust: &TrustSet,
+        envelope_json: &[u8],
+        path: &Path,
+        policy: &Policy,
+    ) -> Result<(skiff_proto::statement::Statement, Self), String> {
+        use std::io::Read as _;
+        let envelope = skiff_proto::dsse::Envelope::from_json(envelope_json).map_err(|e| e.to_string())?;
+        let statement = trust.verify_envelope(&envelope).map_err(|e| e.to_string())?;
+        skiff_proto::verify::check_size(&statement, &policy.limits).map_err(|e| e.to_string())?;
+        let open = || std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()));
+        let mut file = std::io::BufReader::new(open()?);
+        let mut hasher = skiff_proto::digest::Hasher::default();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut len: u64 = 0;
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            len += n as u64;
+            if len > statement.bundle.size {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        if len != statement.bundle.size {
+            return Err(VerifyError::SizeMismatch {
+                expected: statement.bundle.size,
+                actual: len,
+            }
+            .to_string());
+        }
+        let actual = hasher.finish();
+        if actual != statement.bundle.sha256 {
+            return Err(VerifyError::DigestMismatch {
+                expected: statement.bundle.sha256,
+                actual,
+            }
+            .to_string());
+        }
+        skiff_proto::verify::check_policy(&statement, policy).map_err(|e| e.to_string())?;
+        let manifest = skiff_proto::bundle::read_bundle_with(
+            std::io::BufReader::new(open()?),
+            &policy.limits,
+            &mut |_, _, _| {},
+        )
+        .map_err(|e| VerifyError::Bundle(e).to_string())?;
+        if manifest.channel != statement.channel {
+            return Err(VerifyError::BundleChannelMismatch {
+                statement: statement.channel.clone(),
+                bundle: manifest.channel,
+            }
+            .to_string());
+        }
+        Ok((
+            statement,
+            Self {
+                path: path.to_owned(),
+                manifest,
+                limits: policy.limits,
+            },
+        ))
+    }
+}
+
+impl skiff_proto::bundle::BundleFiles for StoredBundle {
+    fn manifest(&self) -> &skiff_proto::bundle::BundleManifest {
+        &self.manifest
+    }
+
+    fn each_file(
+        &self,
+        wanted: &dyn Fn(usize) -> bool,
+        each: &mut dyn FnMut(usize, &skiff_proto::bundle::BundleFile),
+    ) -> Result<(), skiff_proto::bundle::BundleError> {
+        let file = std::fs::File::open(&self.path).map_err(skiff_proto::bundle::BundleError::Corrupt)?;
+        // A file is handed out only if its entry (path, digest, size) is the verified
+        // manifest's: its bytes were checked against that digest as they were read.
+        let mut changed = false;
+        let manifest = skiff_proto::bundle::read_bundle_with(
+            std::io::BufReader::new(file),
+            &self.limits,
+            &mut |i, entry, bytes| {
+                if self.manifest.files.get(i) != Some(entry) {
+                    changed = true;
+                } else if wanted(i) && !changed {
+                    each(
+                        i,
+                        &skiff_proto::bundle::BundleFile {
+                            path: entry.path.clone(),
+                            bytes,
+                        },
+                    );
+                }
+            },
+        )?;
+        if changed || manifest != self.manifest {
+            return Err(skiff_proto::bundle::BundleError::ManifestMalformed(
+                "the stored bundle changed since it was verified".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use crate::api::ObjectRef;
-use crate::bundle::{Bundle, BundleFile};
+use crate::bundle::{Bundle, BundleFile, BundleManifest};
 use crate::manifest::{Budget, ManifestError, parse_objects_substituted, parse_objects_within};
 
 /// Values substituted into a channel's manifests (its assignment asked for it), by name.
@@ -72,7 +72,7 @@ pub fn objects(
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for file in &bundle.files {
-        match file_objects(bundle, file, channel, values, namespaced, &mut budget) {
+        match file_objects(&bundle.manifest, file, channel, values, namespaced, &mut budget) {
             Ok(objs) => out.extend(objs),
             Err(e) => errors.push(e),
         }
@@ -84,14 +84,14 @@ pub fn objects(
 /// file by file, holding one file's objects at a time). With `values`, references are
 /// substituted first ([`crate::values`]).
 pub fn file_objects(
-    bundle: &Bundle,
+    manifest: &BundleManifest,
     file: &BundleFile,
     channel: &str,
     values: Option<&Values>,
     namespaced: &dyn Fn(&str, &str) -> bool,
     budget: &mut Budget,
 ) -> Result<Vec<Desired>, ManifestError> {
-    let default_ns = bundle.manifest.default_namespace.as_deref().unwrap_or("default");
+    let default_ns = manifest.default_namespace.as_deref().unwrap_or("default");
     let objs = match values {
         Some(v) => {
             parse_objects_substituted(&file.path, &file.bytes, budget, &|n| v.get(n).map(String::as_str))?

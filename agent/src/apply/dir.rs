@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use skiff_proto::api::{Drift, ObjectError, ObjectRef};
 
-use skiff_proto::bundle::Bundle;
+use skiff_proto::bundle::BundleFiles;
 use skiff_proto::manifest::Budget;
 
 use super::{
@@ -80,40 +80,78 @@ impl DirApplier {
     fn each_object(
         channel: &str,
         values: Option<&Values>,
-        bundle: &Bundle,
+        bundle: &dyn BundleFiles,
         mut each: impl FnMut(Desired),
     ) -> Result<Vec<ObjectError>, Outcome> {
         let namespaced = |api: &str, kind: &str| !builtin_cluster_scoped(api, kind);
+        let manifest = bundle.manifest();
+        let stored = |e: skiff_proto::bundle::BundleError| Outcome {
+            errors: vec![ObjectError {
+                object: ObjectRef {
+                    api_version: String::new(),
+                    kind: String::new(),
+                    namespace: None,
+                    name: String::new(),
+                },
+                message: format!("stored bundle: {e}"),
+            }],
+            ..Outcome::default()
+        };
         let mut ids = Vec::new();
         let mut unreadable = Vec::new();
-        let mut budget = Budget::for_bundle(bundle.manifest.total_size);
-        for file in &bundle.files {
-            match file_objects(bundle, file, channel, values, &namespaced, &mut budget) {
+        let mut budget = Budget::for_bundle(manifest.total_size);
+        bundle
+            .each_file(&|_| true, &mut |_, file| match file_objects(
+                manifest,
+                file,
+                channel,
+                values,
+                &namespaced,
+                &mut budget,
+            ) {
                 Ok(objs) => ids.extend(objs.into_iter().map(|o| (o.id, o.origin))),
                 Err(e) => unreadable.push(e),
-            }
-        }
+            })
+            .map_err(stored)?;
         if !unreadable.is_empty() {
             return Err(super::unreadable(unreadable));
         }
         let duplicates = duplicate_errors(&ids);
         drop(ids);
-        let mut budget = Budget::for_bundle(bundle.manifest.total_size);
-        for file in &bundle.files {
-            let objs = file_objects(bundle, file, channel, values, &namespaced, &mut budget)
-                .map_err(|e| super::unreadable(vec![e]))?;
-            for o in objs {
-                if !duplicates.contains_key(&o.id) {
-                    each(o);
+        let mut budget = Budget::for_bundle(manifest.total_size);
+        let mut failed = None;
+        bundle
+            .each_file(&|_| true, &mut |_, file| {
+                if failed.is_some() {
+                    return;
                 }
-            }
+                match file_objects(manifest, file, channel, values, &namespaced, &mut budget) {
+                    Ok(objs) => {
+                        for o in objs {
+                            if !duplicates.contains_key(&o.id) {
+                                each(o);
+                            }
+                        }
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            })
+            .map_err(stored)?;
+        if let Some(e) = failed {
+            return Err(super::unreadable(vec![e]));
         }
         Ok(duplicates.into_values().collect())
     }
 
     /// Compares each object's file with what skiff wrote; rewrites drifted ones when
     /// `heal` allows. Files carry no status, so every object counts as healthy.
-    pub fn check(&self, channel: &str, values: Option<&Values>, bundle: &Bundle, heal: bool) -> Checked {
+    pub fn check(
+        &self,
+        channel: &str,
+        values: Option<&Values>,
+        bundle: &dyn BundleFiles,
+        heal: bool,
+    ) -> Checked {
         let mut checked = Checked::default();
         let mut expected = std::collections::BTreeSet::new();
         let result = Self::each_object(channel, values, bundle, |o| {
@@ -181,7 +219,7 @@ impl DirApplier {
         &self,
         channel: &str,
         values: Option<&Values>,
-        bundle: &Bundle,
+        bundle: &dyn BundleFiles,
         previous: &[ObjectRef],
     ) -> Outcome {
         let mut outcome = Outcome::default();

@@ -13,7 +13,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use serde_json::{Value, json};
 use skiff_proto::api::{Drift, ObjectError, ObjectRef};
-use skiff_proto::bundle::Bundle;
+use skiff_proto::bundle::BundleFiles;
 
 use super::pace::{self, Observed, Pace};
 use super::{Checked, Desired, Health1, Outcome, Values, duplicate_errors, prunable, prune_set};
@@ -387,7 +387,7 @@ impl KubeApplier {
         &self,
         channel: &str,
         values: Option<&Values>,
-        bundle: &Bundle,
+        bundle: &dyn BundleFiles,
         previous: &[ObjectRef],
     ) -> Outcome {
         let mut outcome = Outcome::default();
@@ -422,8 +422,11 @@ impl KubeApplier {
         order.sort_by(|a, b| (a.wave, super::phase(&a.id), &a.id).cmp(&(b.wave, super::phase(&b.id), &b.id)));
         let groups = order.chunk_by(|a, b| (a.wave, super::phase(&a.id)) == (b.wave, super::phase(&b.id)));
         for group in groups {
-            for batch in Scanned::batches(group, bundle) {
-                let objects = self.load(channel, values, bundle, &scanned, &batch);
+            for batch in Scanned::batches(group, bundle.manifest()) {
+                let objects = match self.load(channel, values, bundle, &scanned, &batch) {
+                    Ok(o) => o,
+                    Err(o) => return o,
+                };
                 let results = self
                     .paced(
                         objects,
@@ -491,7 +494,7 @@ impl KubeApplier {
         &self,
         channel: &str,
         values: Option<&Values>,
-        bundle: &Bundle,
+        bundle: &dyn BundleFiles,
         heal: bool,
         inventory: &[ObjectRef],
     ) -> Result<Checked, Outcome> {
@@ -506,7 +509,7 @@ impl KubeApplier {
         &self,
         channel: &str,
         values: Option<&Values>,
-        bundle: &Bundle,
+        bundle: &dyn BundleFiles,
     ) -> Result<Checked, Outcome> {
         let scanned = self.scan(channel, values, bundle).await?;
         let all = unique(&scanned);
@@ -576,7 +579,7 @@ impl KubeApplier {
         &self,
         channel: &str,
         values: Option<&Values>,
-        bundle: &Bundle,
+        bundle: &dyn BundleFiles,
         heal: bool,
         compare: bool,
         only: Option<&[ObjectRef]>,
@@ -622,9 +625,9 @@ impl KubeApplier {
                 .copied()
                 .filter(|o| super::phase(&o.id) == phase)
                 .collect();
-            for batch in Scanned::batches(&now, bundle) {
+            for batch in Scanned::batches(&now, bundle.manifest()) {
                 let loaded: Vec<(Desired, Listed)> = self
-                    .load(channel, values, bundle, &scanned, &batch)
+                    .load(channel, values, bundle, &scanned, &batch)?
                     .into_iter()
                     .map(|o| {
                         let live = take(&o.id);

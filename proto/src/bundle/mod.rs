@@ -6,7 +6,40 @@
 mod reader;
 mod writer;
 
-pub use reader::{Bundle, BundleError, BundleFile, read_bundle};
+pub use reader::{Bundle, BundleError, BundleFile, read_bundle, read_bundle_with};
+
+/// A checked bundle's files, read in manifest order: held in memory ([`Bundle`]), or read
+/// again from a stored tarball a file at a time (the agent's stored bundles), so what
+/// reads them holds one file, not the bundle.
+pub trait BundleFiles: Sync {
+    /// The bundle's `skiff-bundle.json`.
+    fn manifest(&self) -> &BundleManifest;
+    /// Hands every file whose index `wanted` accepts to `each`, in manifest order.
+    fn each_file(
+        &self,
+        wanted: &dyn Fn(usize) -> bool,
+        each: &mut dyn FnMut(usize, &BundleFile),
+    ) -> Result<(), BundleError>;
+}
+
+impl BundleFiles for Bundle {
+    fn manifest(&self) -> &BundleManifest {
+        &self.manifest
+    }
+
+    fn each_file(
+        &self,
+        wanted: &dyn Fn(usize) -> bool,
+        each: &mut dyn FnMut(usize, &BundleFile),
+    ) -> Result<(), BundleError> {
+        for (i, f) in self.files.iter().enumerate() {
+            if wanted(i) {
+                each(i, f);
+            }
+        }
+        Ok(())
+    }
+}
 pub use writer::{BuiltBundle, write_bundle};
 
 use serde::{Deserialize, Serialize};

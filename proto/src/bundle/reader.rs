@@ -198,6 +198,34 @@ pub enum BundleError {
 ///
 /// The stream is read once; nothing beyond the caps is buffered or decompressed.
 pub fn read_bundle(tar_gz: impl Read, limits: &Limits) -> Result<Bundle, BundleError> {
+    let mut contents: Vec<Option<Vec<u8>>> = Vec::new();
+    let manifest = read_bundle_with(tar_gz, limits, &mut |index, _, bytes| {
+        if contents.len() <= index {
+            contents.resize(index + 1, None);
+        }
+        contents[index] = Some(bytes);
+    })?;
+    let files = manifest
+        .files
+        .iter()
+        .zip(contents.into_iter().chain(std::iter::repeat(None)))
+        .map(|(entry, bytes)| BundleFile {
+            path: entry.path.clone(),
+            bytes: bytes.unwrap_or_default(),
+        })
+        .collect();
+    Ok(Bundle { manifest, files })
+}
+
+/// Reads and checks a bundle exactly as [`read_bundle`] does, handing each file to `each`
+/// (its index in the manifest, its entry, its checked bytes) instead of keeping it: the
+/// caller holds what it wants, so a reader that keeps nothing checks a bundle in the
+/// memory of one file.
+pub fn read_bundle_with(
+    tar_gz: impl Read,
+    limits: &Limits,
+    each: &mut dyn FnMut(usize, &super::FileEntry, Vec<u8>),
+) -> Result<BundleManifest, BundleError> {
     let cap = limits.max_tar_stream();
     let exceeded = Rc::new(Cell::new(false));
     let capped = CappedReader {
@@ -206,9 +234,9 @@ pub fn read_bundle(tar_gz: impl Read, limits: &Limits) -> Result<Bundle, BundleE
         exceeded: exceeded.clone(),
     };
     let mut archive = tar::Archive::new(capped);
-    let result = read_entries(&mut archive, limits).and_then(|bundle| {
+    let result = read_entries(&mut archive, limits, each).and_then(|manifest| {
         check_end(archive.into_inner())?;
-        Ok(bundle)
+        Ok(manifest)
     });
     if exceeded.get() {
         return Err(BundleError::DecompressedTooLarge { limit: cap });
@@ -238,7 +266,11 @@ fn check_end<R: Read>(mut rest: CappedReader<GzDecoder<BufReader<R>>>) -> Result
     Ok(())
 }
 
-fn read_entries<R: Read>(archive: &mut tar::Archive<R>, limits: &Limits) -> Result<Bundle, BundleError> {
+fn read_entries<R: Read>(
+    archive: &mut tar::Archive<R>,
+    limits: &Limits,
+    each: &mut dyn FnMut(usize, &super::FileEntry, Vec<u8>),
+) -> Result<BundleManifest, BundleError> {
     let mut entries = archive.entries().map_err(BundleError::Corrupt)?;
 
     // §2.2: the manifest comes first and is read within its own cap.
@@ -270,7 +302,7 @@ fn read_entries<R: Read>(archive: &mut tar::Archive<R>, limits: &Limits) -> Resu
         .enumerate()
         .map(|(i, f)| (f.path.as_str(), i))
         .collect();
-    let mut contents: Vec<Option<Vec<u8>>> = vec![None; manifest.files.len()];
+    let mut seen = vec![false; manifest.files.len()];
     for entry in entries {
         let mut entry = entry.map_err(BundleError::Corrupt)?;
         let path = entry_path(&entry)?;
@@ -291,7 +323,7 @@ fn read_entries<R: Read>(archive: &mut tar::Archive<R>, limits: &Limits) -> Resu
         let Some(&index) = listed.get(rel) else {
             return Err(BundleError::UnlistedFile { path });
         };
-        if contents[index].is_some() {
+        if seen[index] {
             return Err(BundleError::DuplicatePath { path });
         }
         let listed = &manifest.files[index];
@@ -312,24 +344,15 @@ fn read_entries<R: Read>(archive: &mut tar::Archive<R>, limits: &Limits) -> Resu
                 actual,
             });
         }
-        contents[index] = Some(bytes);
+        seen[index] = true;
+        each(index, &manifest.files[index], bytes);
     }
-
-    let mut files = Vec::with_capacity(contents.len());
-    for (entry, bytes) in manifest.files.iter().zip(contents) {
-        match bytes {
-            Some(bytes) => files.push(BundleFile {
-                path: entry.path.clone(),
-                bytes,
-            }),
-            None => {
-                return Err(BundleError::MissingFile {
-                    path: entry.path.clone(),
-                });
-            }
-        }
+    if let Some(missing) = seen.iter().position(|s| !s) {
+        return Err(BundleError::MissingFile {
+            path: manifest.files[missing].path.clone(),
+        });
     }
-    Ok(Bundle { manifest, files })
+    Ok(manifest)
 }
 
 /// Checks a manifest on its own: version, channel, paths, order, caps, total (§2.2).

@@ -11,6 +11,9 @@ use super::{Failure, KubeApplier, describe};
 
 /// Objects listed in one page of a drift check's list requests.
 pub(super) const LIST_PAGE: u32 = 500;
+/// Objects in one page of a full list (health): whole objects are larger, a page is what
+/// is held while it is read.
+const FULL_PAGE: u32 = 100;
 
 /// What a drift check's list found of one object.
 pub(super) enum Listed {
@@ -33,7 +36,8 @@ async fn list_pages(
     metadata: bool,
     each: &mut (dyn FnMut(DynamicObject) + Send),
 ) -> Result<(), Failure> {
-    let mut params = kube::api::ListParams::default().labels(labels).limit(LIST_PAGE);
+    let page_size = if metadata { LIST_PAGE } else { FULL_PAGE };
+    let mut params = kube::api::ListParams::default().labels(labels).limit(page_size);
     loop {
         let next = if metadata {
             let page = api.list_metadata(&params).await.map_err(|e| describe(&e))?;

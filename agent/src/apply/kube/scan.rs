@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use kube::discovery::Scope;
 use serde_json::Value;
 use skiff_proto::api::ObjectRef;
-use skiff_proto::bundle::Bundle;
+use skiff_proto::bundle::{BundleError, BundleFiles, BundleManifest};
 use skiff_proto::manifest::Budget;
 
 use super::super::{Desired, Outcome, Values, duplicate_errors, file_objects, unreadable};
@@ -71,13 +71,13 @@ impl Scanned {
 
     /// The objects in batches, file by file: at most [`BATCH`] objects, and files of at
     /// most [`BATCH_BYTES`] together (a larger file is a batch of its own).
-    pub(super) fn batches<'a>(objects: &[&'a Scan1], bundle: &Bundle) -> Vec<Vec<&'a Scan1>> {
+    pub(super) fn batches<'a>(objects: &[&'a Scan1], manifest: &BundleManifest) -> Vec<Vec<&'a Scan1>> {
         let mut sorted: Vec<&Scan1> = objects.to_vec();
         sorted.sort_by_key(|o| o.file);
         let mut out: Vec<Vec<&Scan1>> = Vec::new();
         let (mut bytes, mut last_file) = (0usize, None);
         for o in sorted {
-            let size = bundle.files[o.file].bytes.len();
+            let size = manifest.files.get(o.file).map_or(0, |f| f.size as usize);
             let new_file = last_file != Some(o.file);
             let full = out.last().is_none_or(|b| {
                 b.len() >= BATCH || (new_file && bytes + size > BATCH_BYTES && !b.is_empty())
@@ -93,6 +93,22 @@ impl Scanned {
             out.last_mut().expect("a batch").push(o);
         }
         out
+    }
+}
+
+/// An outcome for a stored bundle that can no longer be read as verified.
+pub(super) fn stored_unreadable(e: &BundleError) -> Outcome {
+    Outcome {
+        errors: vec![skiff_proto::api::ObjectError {
+            object: ObjectRef {
+                api_version: String::new(),
+                kind: String::new(),
+                namespace: None,
+                name: String::new(),
+            },
+            message: format!("stored bundle: {e}"),
+        }],
+        ..Outcome::default()
     }
 }
 
@@ -121,13 +137,21 @@ impl KubeApplier {
         &self,
         channel: &str,
         values: Option<&Values>,
-        bundle: &Bundle,
+        bundle: &dyn BundleFiles,
     ) -> Result<Scanned, Outcome> {
-        let mut budget = Budget::for_bundle(bundle.manifest.total_size);
+        let manifest = bundle.manifest();
+        let mut budget = Budget::for_bundle(manifest.total_size);
         let mut scanned = Scanned::default();
         let mut errors = Vec::new();
-        for (file, f) in bundle.files.iter().enumerate() {
-            match file_objects(bundle, f, channel, values, &|_, _| true, &mut budget) {
+        bundle
+            .each_file(&|_| true, &mut |file, f| match file_objects(
+                manifest,
+                f,
+                channel,
+                values,
+                &|_, _| true,
+                &mut budget,
+            ) {
                 Ok(objs) => {
                     for o in objs {
                         if o.id.kind == "CustomResourceDefinition" {
@@ -142,8 +166,8 @@ impl KubeApplier {
                     }
                 }
                 Err(e) => errors.push(e),
-            }
-        }
+            })
+            .map_err(|e| stored_unreadable(&e))?;
         if !errors.is_empty() {
             return Err(unreadable(errors));
         }
@@ -177,36 +201,32 @@ impl KubeApplier {
         &self,
         channel: &str,
         values: Option<&Values>,
-        bundle: &Bundle,
+        bundle: &dyn BundleFiles,
         scanned: &Scanned,
         batch: &[&Scan1],
-    ) -> Vec<Desired> {
+    ) -> Result<Vec<Desired>, Outcome> {
         let files: std::collections::BTreeSet<usize> = batch.iter().map(|o| o.file).collect();
         let wanted: std::collections::BTreeSet<&ObjectRef> = batch.iter().map(|o| &o.id).collect();
-        let mut budget = Budget::for_bundle(bundle.manifest.total_size);
+        let manifest = bundle.manifest();
+        let mut budget = Budget::for_bundle(manifest.total_size);
         let mut out = Vec::with_capacity(batch.len());
-        for file in files {
-            // The scan read this file: it reads the same way again.
-            let Ok(objs) = file_objects(
-                bundle,
-                &bundle.files[file],
-                channel,
-                values,
-                &|_, _| true,
-                &mut budget,
-            ) else {
-                continue;
-            };
-            for mut o in objs {
-                if !scanned.namespaced(&o.id) {
-                    super::super::make_cluster_scoped(&mut o);
+        bundle
+            .each_file(&|i| files.contains(&i), &mut |_, f| {
+                // The scan read this file: it reads the same way again.
+                let Ok(objs) = file_objects(manifest, f, channel, values, &|_, _| true, &mut budget) else {
+                    return;
+                };
+                for mut o in objs {
+                    if !scanned.namespaced(&o.id) {
+                        super::super::make_cluster_scoped(&mut o);
+                    }
+                    if wanted.contains(&o.id) {
+                        out.push(o);
+                    }
                 }
-                if wanted.contains(&o.id) {
-                    out.push(o);
-                }
-            }
-        }
-        out
+            })
+            .map_err(|e| stored_unreadable(&e))?;
+        Ok(out)
     }
 }
 
@@ -214,26 +234,24 @@ impl KubeApplier {
 mod tests {
     #[test]
     fn batches_keep_to_their_object_and_byte_budgets() {
-        use super::{BATCH, BATCH_BYTES, Bundle, ObjectRef, Scan1, Scanned};
-        use skiff_proto::bundle::{BundleFile, BundleManifest, FORMAT_VERSION, Source};
+        use super::{BATCH, BATCH_BYTES, BundleManifest, ObjectRef, Scan1, Scanned};
+        use skiff_proto::bundle::{FORMAT_VERSION, FileEntry, Source};
         let sizes = [3 << 20, 3 << 20, 100, 100, 5 << 20];
-        let bundle = Bundle {
-            manifest: BundleManifest {
-                format_version: FORMAT_VERSION,
-                channel: "c".into(),
-                source: Source::default(),
-                default_namespace: None,
-                files: Vec::new(),
-                total_size: 0,
-            },
+        let manifest = BundleManifest {
+            format_version: FORMAT_VERSION,
+            channel: "c".into(),
+            source: Source::default(),
+            default_namespace: None,
             files: sizes
                 .iter()
                 .enumerate()
-                .map(|(i, n)| BundleFile {
+                .map(|(i, n)| FileEntry {
                     path: format!("f{i}.yaml"),
-                    bytes: vec![b' '; *n],
+                    sha256: skiff_proto::Sha256Digest::of(b""),
+                    size: *n as u64,
                 })
                 .collect(),
+            total_size: sizes.iter().sum::<usize>() as u64,
         };
         let scan = |file: usize, n: usize| Scan1 {
             id: ObjectRef {
@@ -250,7 +268,7 @@ mod tests {
         let mut objects = vec![scan(0, 0), scan(0, 1), scan(1, 0), scan(1, 1), scan(4, 0)];
         objects.extend((0..1_500).map(|n| scan(2 + n % 2, n)));
         let refs: Vec<&Scan1> = objects.iter().collect();
-        let batches = Scanned::batches(&refs, &bundle);
+        let batches = Scanned::batches(&refs, &manifest);
         assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), objects.len());
         assert!(batches.iter().all(|b| b.len() <= BATCH));
         for b in &batches {
