@@ -12,7 +12,7 @@ use skiff_proto::Sha256Digest;
 use skiff_proto::api::{ObjectRef, Outcome as ReportOutcome, Report, limits};
 use skiff_proto::dsse::Envelope;
 use skiff_proto::statement::Timestamp;
-use skiff_proto::verify::{Accepted as AcceptedGen, Policy, TrustSet, VerifyError, verify_bundle_content};
+use skiff_proto::verify::{Accepted as AcceptedGen, Policy, TrustSet, VerifyError};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -297,13 +297,14 @@ impl Agent {
         }
     }
 
-    /// Verifies a bundle and, if it is new, stores and applies it. `source` names where it
-    /// came from in logs and reports.
+    /// Verifies a bundle file and, if it is new, stores and applies it. `source` names where
+    /// it came from in logs and reports. The file is read as a stream, never whole; a file
+    /// in the store's folder (a finished download) is moved in, any other copied.
     pub async fn offer(
         &self,
         source: &str,
         envelope_json: &[u8],
-        tarball: Vec<u8>,
+        tarball: &std::path::Path,
         channel_policy: ChannelPolicy<'_>,
     ) -> anyhow::Result<Offered> {
         // The channel is known only from a verified statement; find it, then run every step.
@@ -342,12 +343,14 @@ impl Agent {
             self.report(r);
             return Ok(Offered::NotAssigned(error));
         }
-        let verified = match statement.map_err(|e| e.to_string()).and_then(|_| {
-            verify_bundle_content(&self.trust, envelope_json, &tarball, &policy).map_err(|e| e.to_string())
-        }) {
+        let verified = match statement
+            .map_err(|e| e.to_string())
+            .and_then(|_| StoredBundle::verify(&self.trust, envelope_json, tarball, &policy))
+        {
             Ok(v) => v,
             Err(error) => {
-                let digest = Sha256Digest::of(&tarball);
+                let digest = crate::verify::file_sha256(tarball, u64::MAX)
+                    .map_or_else(|_| Sha256Digest::of(b""), |(_, d)| d);
                 self.rejected.lock().expect("rejected").insert(digest);
                 self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                 warn!(%error, channel = %channel, digest = %digest, source, "Bundle rejected; keeping the last good state");
@@ -360,7 +363,7 @@ impl Agent {
         };
         // Checked file by file and nothing kept: the bundle is read again from the store,
         // a file at a time, to apply it.
-        let (statement, _manifest) = verified;
+        let (statement, _checked) = verified;
         let s = &statement;
         let same = state
             .accepted
@@ -375,7 +378,7 @@ impl Agent {
             return Ok(Offered::Unchanged);
         }
         if !same {
-            self.store.put_bundle(&s.bundle.sha256, &tarball)?;
+            self.store.put_bundle_file(&s.bundle.sha256, tarball)?;
             let mut state = state;
             state.unfinished_applies = 0;
             let envelope = Envelope::from_json(envelope_json)?;
@@ -844,14 +847,32 @@ impl Agent {
                 ),
             );
         }
-        let tar = std::fs::read(bundle).map_err(|e| anyhow::anyhow!("reading {}: {e}", bundle.display()))?;
-        self.offer(
-            &format!("import {}", bundle.display()),
-            &env,
-            tar,
-            ChannelPolicy::Assigned,
-        )
-        .await
+        // Copied into the store's folder first (at most the signed size), then verified and
+        // moved in: what is verified is what is kept, whatever happens on the medium meanwhile.
+        let copy = self
+            .config
+            .data_dir
+            .join("bundles")
+            .join(format!("{}.import", statement.bundle.sha256));
+        let copied = std::fs::File::open(bundle).and_then(|f| {
+            use std::io::Read as _;
+            let mut out = std::fs::File::create(&copy)?;
+            std::io::copy(&mut f.take(statement.bundle.size + 1), &mut out)
+        });
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&copy);
+            anyhow::bail!("reading {}: {e}", bundle.display());
+        }
+        let offered = self
+            .offer(
+                &format!("import {}", bundle.display()),
+                &env,
+                &copy,
+                ChannelPolicy::Assigned,
+            )
+            .await;
+        let _ = std::fs::remove_file(&copy);
+        offered
     }
 
     /// Reports an import refused before its bundle was read.
@@ -972,12 +993,12 @@ impl Agent {
                             .join("bundles")
                             .join(format!("{digest}.part"));
                         match hub.download(&ch.bundle_url, &digest, size, &partial).await {
-                            Ok(bytes) => {
+                            Ok(()) => {
                                 if let Err(error) = self
                                     .offer(
                                         "hub",
                                         &ch.envelope.to_json(),
-                                        bytes,
+                                        &partial,
                                         ChannelPolicy::Expected(&ch.channel),
                                     )
                                     .await
@@ -985,6 +1006,8 @@ impl Agent {
                                     warn!(%error, channel = %ch.channel, "Storing a bundle failed");
                                     complete = false;
                                 }
+                                // Moved into the store when accepted; what is left was refused.
+                                let _ = std::fs::remove_file(&partial);
                             }
                             Err(SourceError::Mismatch(error)) => {
                                 // Every source served other bytes than the signature names.
@@ -1160,7 +1183,9 @@ impl Agent {
                     .metadata()
                     .and_then(|m| m.modified())
                     .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > week));
-                if e.file_name().to_string_lossy().ends_with(".part") && stale {
+                let name = e.file_name().to_string_lossy().into_owned();
+                // A download resumes within a week; an import copy never outlives its run.
+                if (name.ends_with(".part") && stale) || name.ends_with(".import") {
                     let _ = std::fs::remove_file(e.path());
                 }
             }

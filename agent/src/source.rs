@@ -199,7 +199,7 @@ impl HubClient {
         digest: &Sha256Digest,
         size: u64,
         partial: &Path,
-    ) -> Result<Vec<u8>, SourceError> {
+    ) -> Result<(), SourceError> {
         let mut urls: Vec<(String, bool)> = self
             .mirrors
             .iter()
@@ -211,7 +211,7 @@ impl HubClient {
         let mut last = SourceError::Refused("no hub or mirror to download from".into());
         for (url, authed) in urls {
             match self.download_from(&url, authed, digest, size, partial).await {
-                Ok(bytes) => return Ok(bytes),
+                Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::debug!(error = %e, url = %url, "Download failed; trying the next source");
                     last = e;
@@ -228,7 +228,7 @@ impl HubClient {
         digest: &Sha256Digest,
         size: u64,
         partial: &Path,
-    ) -> Result<Vec<u8>, SourceError> {
+    ) -> Result<(), SourceError> {
         use tokio::io::AsyncWriteExt as _;
         let have = tokio::fs::metadata(partial).await.map(|m| m.len()).unwrap_or(0);
         let have = if have > size { 0 } else { have };
@@ -279,21 +279,24 @@ impl HubClient {
                 }
             }
         }
-        file.flush().await.map_err(io)?;
+        file.sync_all().await.map_err(io)?;
         drop(file);
-        let bytes = tokio::fs::read(partial).await.map_err(io)?;
-        let _ = tokio::fs::remove_file(partial).await;
         // A source serving other bytes (a stale or tampered mirror) must not stand in for
-        // the next source: check the bytes against what the hub named before handing them
-        // on. (The signed statement is checked by verification afterwards.)
-        if bytes.len() as u64 != size || Sha256Digest::of(&bytes) != *digest {
+        // the next source: check the file against what the hub named before handing it on
+        // (read as a stream; the signed statement is checked by verification afterwards).
+        let path = partial.to_owned();
+        let (len, actual) = tokio::task::spawn_blocking(move || crate::verify::file_sha256(&path, size))
+            .await
+            .map_err(|e| SourceError::Io(e.to_string()))?
+            .map_err(io)?;
+        if len != size || actual != *digest {
+            let _ = tokio::fs::remove_file(partial).await;
             return Err(SourceError::Mismatch(format!(
-                "{what}: got {} bytes whose sha256 is not the signed {digest}",
-                bytes.len()
+                "{what}: got {len} bytes whose sha256 is not the signed {digest}"
             )));
         }
-        tracing::debug!(digest = %digest, bytes = bytes.len(), "Bundle downloaded");
-        Ok(bytes)
+        tracing::debug!(digest = %digest, bytes = len, "Bundle downloaded");
+        Ok(())
     }
 
     /// Sends reports (oldest first); Ok once the hub stored them.

@@ -264,6 +264,29 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a verified bundle file: moved in when it sits in the store's folder already (a
+    /// finished download), copied otherwise (an import medium); fsynced either way.
+    pub fn put_bundle_file(&self, digest: &Sha256Digest, from: &Path) -> Result<(), StoreError> {
+        let path = self.bundle_path(digest);
+        if from.parent() == Some(self.bundles.as_path()) {
+            std::fs::File::open(from)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| self.err(format!("{}: {e}", from.display())))?;
+            std::fs::rename(from, &path).map_err(|e| self.err(format!("{}: {e}", from.display())))?;
+        } else {
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.bundles).map_err(|e| self.err(e))?;
+            let mut source =
+                std::fs::File::open(from).map_err(|e| self.err(format!("{}: {e}", from.display())))?;
+            std::io::copy(&mut source, &mut tmp).map_err(|e| self.err(format!("{}: {e}", from.display())))?;
+            tmp.as_file().sync_all().map_err(|e| self.err(e))?;
+            tmp.persist(&path).map_err(|e| self.err(e.error))?;
+        }
+        std::fs::File::open(&self.bundles)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Reads stored bundle bytes.
     pub fn bundle(&self, digest: &Sha256Digest) -> Result<Vec<u8>, StoreError> {
         std::fs::read(self.bundle_path(digest)).map_err(|e| self.err(format!("bundle {digest}: {e}")))
@@ -279,7 +302,8 @@ impl Store {
         if let Ok(entries) = std::fs::read_dir(&self.bundles) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if !keep.contains(&name) && !name.ends_with(".part") {
+                // Downloads and import copies in progress stay.
+                if !keep.contains(&name) && !name.ends_with(".part") && !name.ends_with(".import") {
                     let _ = std::fs::remove_file(e.path());
                 }
             }

@@ -62,6 +62,28 @@ pub fn check_files(
     })
 }
 
+/// The length and SHA-256 of a file, read as a stream; reading stops past `max` bytes (the
+/// length then says so).
+pub fn file_sha256(path: &Path, max: u64) -> std::io::Result<(u64, skiff_proto::Sha256Digest)> {
+    use std::io::Read as _;
+    let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut hasher = skiff_proto::digest::Hasher::default();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut len: u64 = 0;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        if len > max {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok((len, hasher.finish()))
+}
+
 /// A bundle in the agent's store, checked once in full and then read again a file at a
 /// time whenever it is applied or compared: its content is never held whole. Every read
 /// checks each file's digest against the manifest, and the manifest against the one
@@ -81,28 +103,12 @@ impl StoredBundle {
         path: &Path,
         policy: &Policy,
     ) -> Result<(skiff_proto::statement::Statement, Self), String> {
-        use std::io::Read as _;
         let envelope = skiff_proto::dsse::Envelope::from_json(envelope_json).map_err(|e| e.to_string())?;
         let statement = trust.verify_envelope(&envelope).map_err(|e| e.to_string())?;
         skiff_proto::verify::check_size(&statement, &policy.limits).map_err(|e| e.to_string())?;
         let open = || std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()));
-        let mut file = std::io::BufReader::new(open()?);
-        let mut hasher = skiff_proto::digest::Hasher::default();
-        let mut buf = vec![0u8; 64 << 10];
-        let mut len: u64 = 0;
-        loop {
-            let n = file
-                .read(&mut buf)
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            len += n as u64;
-            if len > statement.bundle.size {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+        let (len, actual) = file_sha256(path, statement.bundle.size)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
         if len != statement.bundle.size {
             return Err(VerifyError::SizeMismatch {
                 expected: statement.bundle.size,
@@ -110,7 +116,6 @@ impl StoredBundle {
             }
             .to_string());
         }
-        let actual = hasher.finish();
         if actual != statement.bundle.sha256 {
             return Err(VerifyError::DigestMismatch {
                 expected: statement.bundle.sha256,
