@@ -25,6 +25,12 @@ struct Setup {
 }
 
 fn setup(c: &TestCluster) -> Setup {
+    setup_with(c, skiff_tests::example_apps_in)
+}
+
+/// An agent (kube target) that has imported generation 1 of a bundle whose folder
+/// `write_apps(folder, namespace)` fills, in a namespace and channel of its own.
+fn setup_with(c: &TestCluster, write_apps: impl FnOnce(&Path, &str)) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let ns = skiff_tests::cluster::unique_name("demo");
     let channel = skiff_tests::cluster::unique_name("demo");
@@ -40,7 +46,7 @@ fn setup(c: &TestCluster) -> Setup {
         ),
     );
     let apps = tmp.path().join("apps");
-    skiff_tests::example_apps_in(&apps, &ns);
+    write_apps(&apps, &ns);
     let (b, e) = skiff_tests::build_bundle(
         &apps,
         &tmp.path().join("keys/signing.pem"),
@@ -595,44 +601,25 @@ async fn a_port_edited_by_hand_is_unreconcilable_drift_with_the_servers_reason()
 async fn unreconcilable_drift_is_healed_by_replace_when_the_object_opts_in() {
     use k8s_openapi::api::core::v1::Service;
     let c = TestCluster::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let ns = skiff_tests::cluster::unique_name("heal");
-    let channel = skiff_tests::cluster::unique_name("heal");
-    let apps = tmp.path().join("apps");
-    std::fs::create_dir_all(&apps).unwrap();
-    std::fs::write(
-        apps.join("svc.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {ns}\n  annotations: {{skiff.dev/heal: replace}}\nspec:\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
-        ),
-    )
-    .unwrap();
-    run_bin("skiff-hub", &["keygen", "--out", s(&tmp.path().join("keys"))]).success();
-    let config = write_config(
-        &tmp.path().join("agent"),
-        "edge-1",
-        &tmp.path().join("keys/signing.pub.pem"),
-        "kube",
-        &format!(
-            "kubeconfig: {}\nnamespace: {ns}\nchannels: {{{channel}: {{}}}}\n",
-            c.kubeconfig().display()
-        ),
-    );
-    let (b, e) = skiff_tests::build_bundle(
-        &apps,
-        &tmp.path().join("keys/signing.pem"),
-        &tmp.path().join("out"),
-        &channel,
-        1,
-    );
-    agent(&["import", "--config", s(&config), s(&b), s(&e)]).success();
-    let services: Api<Service> = Api::namespaced(c.client.clone(), &ns);
+    let st = setup_with(&c, |apps, ns| {
+        std::fs::create_dir_all(apps).unwrap();
+        std::fs::write(
+            apps.join("svc.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {ns}\n  annotations: {{skiff.dev/heal: replace}}\nspec:\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
+            ),
+        )
+        .unwrap();
+    });
+    let services: Api<Service> = Api::namespaced(c.client.clone(), &st.ns);
     let before = services.get("web").await.unwrap();
     let cluster_ip = before.spec.as_ref().unwrap().cluster_ip.clone();
     edit_port_by_hand(&services, before).await;
-    let run = agent(&["check", "--config", s(&config), "--heal", "--output", "json"]).success();
-    let found: Value = serde_json::from_str(&run.stdout).unwrap();
-    let drift = found[&channel]["drift"].as_array().cloned().unwrap_or_default();
+    let found = check(&st, "--heal");
+    let drift = found[&st.channel]["drift"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(drift.len(), 1, "{found}");
     assert_eq!(drift[0]["kind"], "unreconcilable", "{found}");
     assert_eq!(drift[0]["corrected"], true, "{found}");
@@ -641,10 +628,9 @@ async fn unreconcilable_drift_is_healed_by_replace_when_the_object_opts_in() {
     let ports: Vec<i32> = spec.ports.unwrap().iter().map(|p| p.port).collect();
     assert_eq!(ports, [80]);
     assert_eq!(spec.cluster_ip, cluster_ip, "the allocated address stays");
-    let run = agent(&["check", "--config", s(&config), "--no-heal", "--output", "json"]).success();
-    let again: Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(again[&channel]["drift"], json!([]), "{again}");
+    let again = check(&st, "--no-heal");
+    assert_eq!(again[&st.channel]["drift"], json!([]), "{again}");
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(c.client.clone())
-        .delete(&ns, &DeleteParams::default())
+        .delete(&st.ns, &DeleteParams::default())
         .await;
 }

@@ -7,7 +7,6 @@
 //! them: `kill -9` at any point leaves a store that opens and names only whole bundles.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -251,19 +250,6 @@ impl Store {
         self.bundles.join(format!("{digest}.tar.gz"))
     }
 
-    /// Stores bundle bytes (temporary file, fsync, rename, fsync of the folder).
-    pub fn put_bundle(&self, digest: &Sha256Digest, bytes: &[u8]) -> Result<(), StoreError> {
-        let path = self.bundle_path(digest);
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.bundles).map_err(|e| self.err(e))?;
-        tmp.write_all(bytes).map_err(|e| self.err(e))?;
-        tmp.as_file().sync_all().map_err(|e| self.err(e))?;
-        tmp.persist(&path).map_err(|e| self.err(e.error))?;
-        std::fs::File::open(&self.bundles)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
     /// Stores a verified bundle file: moved in when it sits in the store's folder already (a
     /// finished download), copied otherwise (an import medium); fsynced either way.
     pub fn put_bundle_file(&self, digest: &Sha256Digest, from: &Path) -> Result<(), StoreError> {
@@ -285,11 +271,6 @@ impl Store {
             .and_then(|d| d.sync_all())
             .map_err(|e| self.err(e))?;
         Ok(())
-    }
-
-    /// Reads stored bundle bytes.
-    pub fn bundle(&self, digest: &Sha256Digest) -> Result<Vec<u8>, StoreError> {
-        std::fs::read(self.bundle_path(digest)).map_err(|e| self.err(format!("bundle {digest}: {e}")))
     }
 
     /// Removes bundles no channel names any more.

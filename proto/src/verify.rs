@@ -397,30 +397,6 @@ pub fn check_policy(statement: &Statement, policy: &Policy) -> Result<(), Verify
     Ok(())
 }
 
-/// Every step of [`verify_bundle`], keeping nothing of the content: each file is checked as
-/// it is read and dropped. For a caller that stores the tarball and reads it again later
-/// (the agent), so a large bundle is never held whole. Returns the statement and the
-/// bundle's manifest.
-pub fn verify_bundle_content(
-    trust: &TrustSet,
-    envelope_json: &[u8],
-    tarball: &[u8],
-    policy: &Policy,
-) -> Result<(Statement, crate::bundle::BundleManifest), VerifyError> {
-    let envelope = Envelope::from_json(envelope_json)?;
-    let statement = trust.verify_envelope(&envelope)?;
-    check_tarball(&statement, tarball)?;
-    check_policy(&statement, policy)?;
-    let manifest = crate::bundle::read_bundle_with(tarball, &policy.limits, &mut |_, _, _| {})?;
-    if manifest.channel != statement.channel {
-        return Err(VerifyError::BundleChannelMismatch {
-            statement: statement.channel,
-            bundle: manifest.channel,
-        });
-    }
-    Ok((statement, manifest))
-}
-
 /// Every step of `FORMAT.md` §5, in order: envelope, signatures, statement, tarball digest,
 /// channel, rollback, expiry, then safe reading of the content.
 pub fn verify_bundle(

@@ -85,18 +85,6 @@ impl DirApplier {
     ) -> Result<Vec<ObjectError>, Outcome> {
         let namespaced = |api: &str, kind: &str| !builtin_cluster_scoped(api, kind);
         let manifest = bundle.manifest();
-        let stored = |e: skiff_proto::bundle::BundleError| Outcome {
-            errors: vec![ObjectError {
-                object: ObjectRef {
-                    api_version: String::new(),
-                    kind: String::new(),
-                    namespace: None,
-                    name: String::new(),
-                },
-                message: format!("stored bundle: {e}"),
-            }],
-            ..Outcome::default()
-        };
         let mut ids = Vec::new();
         let mut unreadable = Vec::new();
         let mut budget = Budget::for_bundle(manifest.total_size);
@@ -112,7 +100,7 @@ impl DirApplier {
                 Ok(objs) => ids.extend(objs.into_iter().map(|o| (o.id, o.origin))),
                 Err(e) => unreadable.push(e),
             })
-            .map_err(stored)?;
+            .map_err(|e| super::unreadable_stored(&e))?;
         if !unreadable.is_empty() {
             return Err(super::unreadable(unreadable));
         }
@@ -136,7 +124,7 @@ impl DirApplier {
                     Err(e) => failed = Some(e),
                 }
             })
-            .map_err(stored)?;
+            .map_err(|e| super::unreadable_stored(&e))?;
         if let Some(e) = failed {
             return Err(super::unreadable(vec![e]));
         }

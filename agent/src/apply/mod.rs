@@ -150,6 +150,23 @@ pub fn prunable(live: &Value) -> bool {
     annotation(live, PRUNE_ANNOTATION) != Some("disabled")
 }
 
+/// An outcome for a stored bundle that can no longer be read as it was verified (changed on
+/// disk since): nothing applied.
+pub fn unreadable_stored(e: &skiff_proto::bundle::BundleError) -> Outcome {
+    Outcome {
+        errors: vec![ObjectError {
+            object: ObjectRef {
+                api_version: String::new(),
+                kind: String::new(),
+                namespace: None,
+                name: String::new(),
+            },
+            message: format!("stored bundle: {e}"),
+        }],
+        ..Outcome::default()
+    }
+}
+
 /// An outcome for a bundle whose documents could not be read: every error, none applied.
 pub fn unreadable(errors: Vec<ManifestError>) -> Outcome {
     Outcome {

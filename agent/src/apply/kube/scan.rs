@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use kube::discovery::Scope;
 use serde_json::Value;
 use skiff_proto::api::ObjectRef;
-use skiff_proto::bundle::{BundleError, BundleFiles, BundleManifest};
+use skiff_proto::bundle::{BundleFiles, BundleManifest};
 use skiff_proto::manifest::Budget;
 
 use super::super::{Desired, Outcome, Values, duplicate_errors, file_objects, unreadable};
@@ -96,22 +96,6 @@ impl Scanned {
     }
 }
 
-/// An outcome for a stored bundle that can no longer be read as verified.
-pub(super) fn stored_unreadable(e: &BundleError) -> Outcome {
-    Outcome {
-        errors: vec![skiff_proto::api::ObjectError {
-            object: ObjectRef {
-                api_version: String::new(),
-                kind: String::new(),
-                namespace: None,
-                name: String::new(),
-            },
-            message: format!("stored bundle: {e}"),
-        }],
-        ..Outcome::default()
-    }
-}
-
 /// A scan's objects, those defined more than once left out (their apply reports them).
 pub(super) fn unique(scanned: &Scanned) -> Vec<&Scan1> {
     let ids: Vec<(ObjectRef, String)> = scanned
@@ -167,7 +151,7 @@ impl KubeApplier {
                 }
                 Err(e) => errors.push(e),
             })
-            .map_err(|e| stored_unreadable(&e))?;
+            .map_err(|e| super::super::unreadable_stored(&e))?;
         if !errors.is_empty() {
             return Err(unreadable(errors));
         }
@@ -225,7 +209,7 @@ impl KubeApplier {
                     }
                 }
             })
-            .map_err(|e| stored_unreadable(&e))?;
+            .map_err(|e| super::super::unreadable_stored(&e))?;
         Ok(out)
     }
 }
