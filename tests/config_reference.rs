@@ -102,6 +102,10 @@ fn every_config_key_is_documented_and_nothing_else() {
         ("metrics", fields::<hub::MetricsConfig>()),
         ("assignments", fields::<hub::AssignmentConfig>()),
         ("customizations[]", fields::<hub::Customization>()),
+        ("rollout", fields::<skiff_hub::rollout::RolloutPlan>()),
+        ("steps[]", fields::<skiff_hub::rollout::Step>()),
+        ("maintenance_windows[]", fields::<hub::MaintenanceConfig>()),
+        ("windows[]", fields::<hub::WindowConfig>()),
         ("agent", fields::<agent::AgentConfig>()),
         ("channels.NAME", fields::<agent::ChannelSettings>()),
     ]);

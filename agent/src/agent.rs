@@ -25,7 +25,9 @@ use crate::store::{Accepted, Applied, ChannelState, Store};
 use crate::verify::StoredBundle;
 
 mod assigned;
+mod gate;
 pub use assigned::{TakenAssignment, admit, changes, values_for};
+pub use gate::{Deferral, WINDOW_CLOCK_ENV, deferral, report_only};
 
 /// Where objects go.
 pub enum Applier {
@@ -74,6 +76,9 @@ pub enum Offered {
     Failed(String),
     /// Already the accepted and applied bundle.
     Unchanged,
+    /// Verified and stored, not applied yet: the site holds, or it is outside its
+    /// maintenance window (why). Applied when it may.
+    Deferred(String),
     /// Did not verify; nothing changed.
     Rejected(String),
     /// Verified, but not for this cluster now: the channel is not assigned, or the
@@ -294,6 +299,7 @@ impl Agent {
             drift: Vec::new(),
             health: None,
             unknown: Vec::new(),
+            deferred: None,
         }
     }
 
@@ -319,10 +325,15 @@ impl Agent {
                 ChannelPolicy::Expected(c) => Some(c.to_owned()),
                 ChannelPolicy::Assigned => None,
             },
-            highest: state.accepted.as_ref().map(|a| AcceptedGen {
-                generation: a.generation,
-                digest: a.sha256,
-            }),
+            highest: state
+                .accepted
+                .iter()
+                .chain(state.pending.iter())
+                .max_by_key(|a| a.generation)
+                .map(|a| AcceptedGen {
+                    generation: a.generation,
+                    digest: a.sha256,
+                }),
             ..Policy::default()
         };
         // An unassigned channel, or a generation above the pin, is refused before the
@@ -378,17 +389,28 @@ impl Agent {
             return Ok(Offered::Unchanged);
         }
         if !same {
-            self.store.put_bundle_file(&s.bundle.sha256, tarball)?;
-            let mut state = state;
-            state.unfinished_applies = 0;
-            let envelope = Envelope::from_json(envelope_json)?;
-            state.accepted = Some(Accepted {
+            let new = Accepted {
                 generation: s.generation,
                 sha256: s.bundle.sha256,
                 commit: s.commit.clone(),
-                envelope,
+                envelope: Envelope::from_json(envelope_json)?,
                 at: Timestamp::now(),
-            });
+            };
+            let mut state = state;
+            if let Some(d) = self.deferral() {
+                if state.pending.as_ref().is_some_and(|p| p.sha256 == new.sha256) {
+                    return Ok(Offered::Deferred(d.message));
+                }
+                self.store.put_bundle_file(&s.bundle.sha256, tarball)?;
+                state.pending = Some(new);
+                self.store.put_channel(&s.channel, &state)?;
+                self.report_deferred(&s.channel, &state, s.generation, &d);
+                return Ok(Offered::Deferred(d.message));
+            }
+            self.store.put_bundle_file(&s.bundle.sha256, tarball)?;
+            state.unfinished_applies = 0;
+            state.pending = None;
+            state.accepted = Some(new);
             self.store.put_channel(&s.channel, &state)?;
             info!(channel = %s.channel, generation = s.generation, digest = %s.bundle.sha256, source, "Bundle verified and accepted");
         }
@@ -730,7 +752,9 @@ impl Agent {
             if !self.enforced(&channel) {
                 continue;
             }
-            let heal = heal.unwrap_or_else(|| self.config.self_heal_for(&channel));
+            // Outside the maintenance windows, drift is only reported when they say so.
+            let heal =
+                heal.unwrap_or_else(|| self.config.self_heal_for(&channel) && !self.drift_report_only());
             let r = self.check_channel(&channel, heal).await;
             out.push((channel, r));
         }
@@ -938,13 +962,11 @@ impl Agent {
                         warn!(%error, "Recording the hub's channels failed");
                     }
                     for ch in &desired.channels {
-                        let current = self
-                            .store
-                            .channel(&ch.channel)
-                            .ok()
-                            .and_then(|s| s.accepted)
-                            .map(|a| a.sha256);
+                        let held = self.store.channel(&ch.channel).unwrap_or_default();
+                        let current = held.accepted.map(|a| a.sha256);
+                        let pending = held.pending.map(|a| a.sha256);
                         if current == Some(ch.sha256)
+                            || pending == Some(ch.sha256)
                             || self.rejected.lock().expect("rejected").contains(&ch.sha256)
                         {
                             continue;
@@ -1147,6 +1169,75 @@ impl Agent {
         }
     }
 
+    /// Applies the generations that wait for the hold to lift or a window to open, once
+    /// they may (looked at every second: a file's presence and a clock).
+    async fn apply_pending(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let waiting: Vec<String> = self
+                .store
+                .channels()
+                .map(|c| {
+                    c.into_iter()
+                        .filter(|(_, s)| s.pending.is_some())
+                        .map(|(n, _)| n)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if waiting.is_empty() || self.deferral().is_some() {
+                continue;
+            }
+            for channel in waiting {
+                if let Err(error) = self.take_pending(&channel).await {
+                    warn!(%error, channel = %channel, "Applying the waiting generation failed");
+                }
+            }
+        }
+    }
+
+    /// Makes a channel's waiting generation the accepted one and applies it (unless the
+    /// assignment in effect no longer admits it: then it is dropped).
+    async fn take_pending(&self, channel: &str) -> anyhow::Result<()> {
+        let mut state = self.store.channel(channel)?;
+        let Some(pending) = state.pending.take() else {
+            return Ok(());
+        };
+        if !self.enforced(channel) {
+            return Ok(());
+        }
+        if let Err(why) = self.admit(channel, pending.generation, true) {
+            warn!(channel, generation = pending.generation, %why, "Waiting generation no longer admitted; dropped");
+            self.store.put_channel(channel, &state)?;
+            return Ok(());
+        }
+        info!(
+            channel,
+            generation = pending.generation,
+            "The hold is lifted or the window is open: applying the waiting generation"
+        );
+        state.accepted = Some(pending);
+        state.unfinished_applies = 0;
+        self.store.put_channel(channel, &state)?;
+        self.apply_channel(channel).await?;
+        let _ = self.store.gc_bundles();
+        Ok(())
+    }
+
+    /// Reports a generation that waits, and why.
+    fn report_deferred(&self, channel: &str, state: &ChannelState, generation: u64, d: &gate::Deferral) {
+        info!(channel, generation, reason = %d.message, "Newer generation verified and stored; not applied yet");
+        let mut r = Self::base_report(channel, ReportOutcome::Deferred);
+        // The generation that runs; the one waiting is in `deferred`.
+        r.generation = state.applied.as_ref().filter(|a| a.ok).map(|a| a.generation);
+        r.message = Some(format!("generation {generation} {}", d.message));
+        r.deferred = Some(skiff_proto::api::Deferred {
+            generation,
+            reason: d.reason,
+            next: d.next,
+        });
+        self.report(r);
+    }
+
     async fn retry_failed(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1210,6 +1301,7 @@ impl Agent {
             tokio::spawn(self.clone().send_reports()),
             tokio::spawn(self.clone().watch_imports()),
             tokio::spawn(self.clone().retry_failed()),
+            tokio::spawn(self.clone().apply_pending()),
             tokio::spawn(self.clone().check_drift()),
         ];
         shutdown.await;

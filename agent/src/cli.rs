@@ -41,6 +41,30 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Hold this site: the agent applies no newer generation until `release` (it still
+    /// downloads and verifies them, keeps correcting drift as configured, and reports the
+    /// hold to the hub when a newer generation waits). Works while the agent runs.
+    Hold {
+        /// The agent's config file (for its data_dir).
+        #[arg(long, env = "SKIFF_AGENT_CONFIG", value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The data folder (instead of --config).
+        #[arg(long, env = "SKIFF_AGENT_DATA_DIR", value_name = "PATH")]
+        data_dir: Option<PathBuf>,
+        /// Why (shown in status, logs and the hub's rollout status).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift the site's hold: a generation that waited is applied within a second (inside
+    /// the maintenance window, if the cluster has one).
+    Release {
+        /// The agent's config file (for its data_dir).
+        #[arg(long, env = "SKIFF_AGENT_CONFIG", value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The data folder (instead of --config).
+        #[arg(long, env = "SKIFF_AGENT_DATA_DIR", value_name = "PATH")]
+        data_dir: Option<PathBuf>,
+    },
     /// Verify and apply a bundle carried in by hand (air gap), exactly as if the hub sent it.
     Import {
         /// The agent's settings.
@@ -278,6 +302,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 match agent.import_files(&bundle, &envelope, false).await? {
                     Offered::Applied => println!("imported and applied {}", bundle.display()),
                     Offered::Unchanged => println!("{} is already applied", bundle.display()),
+                    Offered::Deferred(why) => println!(
+                        "{} verified and stored; applied when it may: {why}",
+                        bundle.display()
+                    ),
                     Offered::Older { offered, accepted } => anyhow::bail!(
                         "{} rejected: generation {offered} is older than the accepted generation {accepted} (to roll back, commit the old content: it becomes a new generation)",
                         bundle.display()
@@ -362,13 +390,34 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             data_dir,
             output,
+        } => crate::status::print(&data_dir_of(data_dir, config)?, output == Output::Json),
+        Command::Hold {
+            config,
+            data_dir,
+            reason,
         } => {
-            let dir = match (data_dir, config) {
-                (Some(d), _) => d,
-                (None, Some(c)) => AgentConfig::load(&c, &Overrides::default())?.data_dir,
-                (None, None) => anyhow::bail!("give --config PATH or --data-dir PATH"),
-            };
-            crate::status::print(&dir, output == Output::Json)
+            let dir = data_dir_of(data_dir, config)?;
+            let hold = crate::hold::set(&dir, &reason)?;
+            println!(
+                "held since {}{}: no newer generation is applied until `skiff-agent release`",
+                hold.since,
+                if hold.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", hold.reason)
+                }
+            );
+            Ok(())
+        }
+        Command::Release { config, data_dir } => {
+            if crate::hold::release(&data_dir_of(data_dir, config)?)? {
+                println!(
+                    "released: a generation that waited is applied within a second (inside the maintenance window, if any)"
+                );
+            } else {
+                println!("not held");
+            }
+            Ok(())
         }
         Command::Report(ReportCommand::Export { config, out }) => {
             let config = AgentConfig::load(&config, &Overrides::default())?;
@@ -409,5 +458,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// The data folder, given directly or through the config file.
+fn data_dir_of(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match (data_dir, config) {
+        (Some(d), _) => Ok(d),
+        (None, Some(c)) => Ok(AgentConfig::load(&c, &Overrides::default())?.data_dir),
+        (None, None) => anyhow::bail!("give --config PATH or --data-dir PATH"),
     }
 }

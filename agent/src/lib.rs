@@ -16,6 +16,7 @@ pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod drift;
+pub mod hold;
 pub mod source;
 pub mod status;
 pub mod store;

@@ -30,6 +30,7 @@ pub fn assignment_summary(a: &skiff_proto::assignment::Assignment) -> Value {
         "issued": a.issued,
         "expires": a.expires,
         "channels": a.channels.iter().map(|c| json!({"channel": c.channel, "maxGeneration": c.max_generation})).collect::<Vec<_>>(),
+        "maintenance": a.maintenance,
     })
 }
 
@@ -55,7 +56,8 @@ fn load(dir: &Path) -> anyhow::Result<(Value, bool)> {
 
 /// Prints every channel's accepted and applied state.
 pub fn print(dir: &Path, json_output: bool) -> anyhow::Result<()> {
-    let (status, snapshot) = load(dir)?;
+    let (mut status, snapshot) = load(dir)?;
+    status["hold"] = serde_json::to_value(crate::hold::read(dir))?;
     if json_output {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -64,6 +66,17 @@ pub fn print(dir: &Path, json_output: bool) -> anyhow::Result<()> {
         println!(
             "(agent running: from its snapshot written {})",
             status["written"].as_str().unwrap_or("-")
+        );
+    }
+    if let Some(h) = crate::hold::read(dir) {
+        println!(
+            "HELD since {}{} (skiff-agent release lifts it)",
+            h.since,
+            if h.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", h.reason)
+            }
         );
     }
     let a = &status["assignment"];
@@ -130,7 +143,10 @@ pub fn print(dir: &Path, json_output: bool) -> anyhow::Result<()> {
             a["objects"].as_u64().map_or("-".to_owned(), |n| n.to_string()),
             c["drift"].as_array().map_or(0, Vec::len).to_string(),
             s(&c["health"]["state"]),
-            s(&a["message"]),
+            match c["pending"]["generation"].as_u64() {
+                Some(g) => format!("generation {g} verified, waiting (hold or maintenance window)"),
+                None => s(&a["message"]),
+            },
         ]);
     }
     let widths: Vec<usize> = (0..rows[0].len())

@@ -85,6 +85,10 @@ pub struct StoredAssignment {
 pub struct ChannelState {
     /// Accepted bundle.
     pub accepted: Option<Accepted>,
+    /// A newer bundle, verified and stored, not applied yet: the site holds, or it is
+    /// outside its maintenance window. It becomes the accepted one when it may apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Accepted>,
     /// Last apply attempt.
     pub applied: Option<Applied>,
     /// What the last successful apply left in the cluster (what a later prune removes).
@@ -278,7 +282,8 @@ impl Store {
         let keep: Vec<String> = self
             .channels()?
             .values()
-            .filter_map(|c| c.accepted.as_ref().map(|a| format!("{}.tar.gz", a.sha256)))
+            .flat_map(|c| c.accepted.iter().chain(c.pending.iter()))
+            .map(|a| format!("{}.tar.gz", a.sha256))
             .collect();
         if let Ok(entries) = std::fs::read_dir(&self.bundles) {
             for e in entries.flatten() {

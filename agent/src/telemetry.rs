@@ -136,6 +136,20 @@ fn metrics(agent: &Agent) -> String {
         "1 when the channel's last apply succeeded.",
         &per_channel(&|s| s.applied.as_ref().map_or(0, |a| u64::from(a.ok))),
     );
+    family(
+        &mut out,
+        "skiff_agent_channel_waiting_generation",
+        "gauge",
+        "A newer generation verified and waiting for the hold to lift or a maintenance window (0: none).",
+        &per_channel(&|s| s.pending.as_ref().map_or(0, |a| a.generation)),
+    );
+    family(
+        &mut out,
+        "skiff_agent_held",
+        "gauge",
+        "1 while the site holds (skiff-agent hold).",
+        &one(u8::from(agent.held()).to_string()),
+    );
     out
 }
 

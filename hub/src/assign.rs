@@ -8,8 +8,9 @@ use skiff_proto::Sha256Digest;
 use skiff_proto::assignment::{ASSIGNMENT_TYPE, AssignedChannel, Assignment};
 use skiff_proto::statement::Timestamp;
 
-use crate::config::ChannelConfig;
+use crate::config::{ChannelConfig, MaintenanceConfig};
 use crate::store::ClusterRecord;
+use skiff_proto::window::Maintenance;
 
 /// The values of `channel` for `cluster`, least specific first: the channel's values, its
 /// customizations whose selector the cluster matches (fewer selected labels first; of equal
@@ -44,14 +45,20 @@ pub fn values(channel: &ChannelConfig, cluster: &ClusterRecord) -> BTreeMap<Stri
 }
 
 /// What `cluster` is assigned, with sequence 0 and no times: the content that is signed
-/// again only when it changes.
-pub fn content(cluster: &ClusterRecord, channels: &[ChannelConfig]) -> Assignment {
+/// again only when it changes. `pins`: the highest generation per channel it may run (its
+/// own pins, lowered by the channel's rollout).
+pub fn content(
+    cluster: &ClusterRecord,
+    channels: &[ChannelConfig],
+    pins: &BTreeMap<String, u64>,
+    windows: &[MaintenanceConfig],
+) -> Assignment {
     let mut assigned: Vec<AssignedChannel> = channels
         .iter()
         .filter(|c| c.targets.matches(&cluster.name, &cluster.labels))
         .map(|c| AssignedChannel {
             channel: c.name.clone(),
-            max_generation: cluster.pins.get(&c.name).copied(),
+            max_generation: pins.get(&c.name).copied(),
             on_unassign: c.on_unassign,
             substitute: c.substitutes(),
             values: if c.substitutes() {
@@ -70,7 +77,19 @@ pub fn content(cluster: &ClusterRecord, channels: &[ChannelConfig]) -> Assignmen
         expires: None,
         labels: cluster.labels.clone(),
         channels: assigned,
+        maintenance: maintenance(windows, cluster),
     }
+}
+
+/// The maintenance windows of `cluster`: the first entry that picks it, with the cluster's
+/// emergency override (`cluster apply-now`).
+pub fn maintenance(windows: &[MaintenanceConfig], cluster: &ClusterRecord) -> Option<Maintenance> {
+    let mut m = windows
+        .iter()
+        .find(|w| w.picks(&cluster.name, &cluster.labels))?
+        .to_maintenance();
+    m.apply_now_until = cluster.apply_now_until;
+    Some(m)
 }
 
 /// The digest of an assignment's content (sequence and times left out).
@@ -162,6 +181,7 @@ mod tests {
             values: BTreeMap::new(),
             channel_values: BTreeMap::new(),
             pins: BTreeMap::new(),
+            apply_now_until: None,
             created: Timestamp::from_unix_seconds(0),
             last_seen: None,
             legacy_reports: BTreeMap::new(),
@@ -213,27 +233,30 @@ mod tests {
         let other = channel("other", &[("tier", "depot")]);
         let channels = vec![other, c];
         let a = cluster("a", &[("tier", "shop")]);
-        let content_a = content(&a, &channels);
+        let content_a = content(&a, &channels, &a.pins, &[]);
         assert_eq!(content_a.channels.len(), 1);
         assert!(content_a.channels[0].substitute);
         assert_eq!(
-            content_digest(&content(&a, &channels)),
+            content_digest(&content(&a, &channels, &a.pins, &[])),
             content_digest(&content_a)
         );
         let mut pinned = a.clone();
         pinned.pins.insert("shops".into(), 3);
         assert_ne!(
-            content_digest(&content(&pinned, &channels)),
+            content_digest(&content(&pinned, &channels, &pinned.pins, &[])),
             content_digest(&content_a)
         );
         let mut relabelled = a.clone();
         relabelled.labels.insert("region".into(), "eu".into());
         assert_ne!(
-            content_digest(&content(&relabelled, &channels)),
+            content_digest(&content(&relabelled, &channels, &relabelled.pins, &[])),
             content_digest(&content_a)
         );
         let moved = cluster("a", &[("tier", "depot")]);
-        assert_eq!(content(&moved, &channels).channels[0].channel, "other");
+        assert_eq!(
+            content(&moved, &channels, &moved.pins, &[]).channels[0].channel,
+            "other"
+        );
     }
 
     #[test]

@@ -169,6 +169,10 @@ pub struct ChannelConfig {
     /// (default) or `keep`.
     #[serde(default)]
     pub on_unassign: skiff_proto::assignment::OnUnassign,
+    /// A staged rollout: each new generation reaches the clusters step by step, gated on
+    /// their health (none: every targeted cluster at once).
+    #[serde(default)]
+    pub rollout: Option<crate::rollout::RolloutPlan>,
 }
 
 impl ChannelConfig {
@@ -210,6 +214,71 @@ pub struct Customization {
     pub selector: BTreeMap<String, String>,
     /// The values.
     pub values: Values,
+}
+
+/// Maintenance windows for the clusters a selector (or a list of names) picks: their
+/// agents apply newer generations only while a window is open, by their own clock in
+/// `time_zone`. A cluster takes the first entry that picks it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// A name for status and errors.
+    #[serde(default)]
+    pub name: String,
+    /// Clusters carrying all of these labels.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// Clusters by name.
+    #[serde(default)]
+    pub clusters: BTreeSet<String>,
+    /// The sites' IANA time zone (`Europe/Berlin`).
+    pub time_zone: String,
+    /// The windows.
+    pub windows: Vec<WindowConfig>,
+    /// Drift outside the windows: `heal` (default: re-apply the generation in place) or
+    /// `report` (only report it until the next window).
+    #[serde(default)]
+    pub drift_outside: skiff_proto::window::OutsideDrift,
+}
+
+/// One recurring window.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Days it starts on (`mon` … `sun`; default every day).
+    #[serde(default)]
+    pub days: Vec<skiff_proto::window::Day>,
+    /// Local start, `HH:MM`.
+    pub start: String,
+    /// How long it is open (`4h`; whole minutes, 1 minute to a week).
+    #[serde(deserialize_with = "skiff_proto::config::duration")]
+    pub duration: Duration,
+}
+
+impl MaintenanceConfig {
+    /// Whether it picks this cluster.
+    pub fn picks(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.clusters.contains(name)
+            || (!self.selector.is_empty() && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    }
+
+    /// As the assignment carries it.
+    pub fn to_maintenance(&self) -> skiff_proto::window::Maintenance {
+        skiff_proto::window::Maintenance {
+            time_zone: self.time_zone.clone(),
+            windows: self
+                .windows
+                .iter()
+                .map(|w| skiff_proto::window::Window {
+                    days: w.days.clone(),
+                    start: w.start.clone(),
+                    minutes: u32::try_from(w.duration.as_secs().div_ceil(60)).unwrap_or(u32::MAX),
+                })
+                .collect(),
+            drift: self.drift_outside,
+            apply_now_until: None,
+        }
+    }
 }
 
 /// How the hub signs assignments.
@@ -292,6 +361,10 @@ pub struct HubConfig {
     /// How assignments are signed and guarded.
     #[serde(default)]
     pub assignments: AssignmentConfig,
+    /// Maintenance windows per label group or cluster (none: newer generations apply at
+    /// any time).
+    #[serde(default)]
+    pub maintenance_windows: Vec<MaintenanceConfig>,
 }
 
 fn default_offline_after() -> Duration {
@@ -672,6 +745,20 @@ impl HubConfig {
                     .map_err(|e| invalid(format!("{key}.selector"), e.to_string()))?;
                 check_values(&z.values).map_err(|(k, why)| invalid(format!("{key}.values.{k}"), why))?;
             }
+            if let Some(plan) = &c.rollout {
+                plan.check()
+                    .map_err(|why| invalid(format!("channels[{i}].rollout"), why))?;
+            }
+        }
+        for (i, m) in self.maintenance_windows.iter().enumerate() {
+            let key = format!("maintenance_windows[{i}]");
+            if m.selector.is_empty() && m.clusters.is_empty() {
+                return Err(invalid(
+                    key,
+                    "picks no cluster: give a selector (labels) or clusters (names)".into(),
+                ));
+            }
+            m.to_maintenance().check().map_err(|why| invalid(key, why))?;
         }
         if self.assignments.max_unassign_percent > 100 {
             return Err(invalid(

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::config::{AssignmentConfig, ChannelConfig};
 
 mod assigned;
+mod rollouts;
 use crate::store::{
     AssignmentRecord, ChannelRecord, ClusterRecord, HistoryLimit, ReportMeta, Store, StoreError,
 };
@@ -112,6 +113,10 @@ pub struct ClusterChannelStatus {
     /// Highest generation the cluster may run (`cluster pin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<u64>,
+    /// Highest generation the channel's rollout has given the cluster so far, when below
+    /// the channel's newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_pin: Option<u64>,
     /// Generation the agent last applied successfully (kept when a newer one fails).
     pub applied_generation: Option<u64>,
     /// Outcome of the agent's latest report.
@@ -171,8 +176,14 @@ struct Latest {
     outcome: skiff_proto::api::Outcome,
     generation: Option<u64>,
     drifted: usize,
-    unhealthy: bool,
+    health: Option<String>,
+    deferred: Option<(u64, skiff_proto::api::DeferReason)>,
+    /// Why it is unhealthy, or its message; cut short (a rollout's halt reason quotes it).
+    message: Option<String>,
 }
+
+/// Longest report message a [`Latest`] keeps.
+const LATEST_MESSAGE_CHARS: usize = 200;
 
 impl Latest {
     fn of(r: &Report) -> Self {
@@ -183,7 +194,30 @@ impl Latest {
             outcome: r.outcome,
             generation: r.generation,
             drifted: r.drift.iter().filter(|d| !d.corrected).count(),
-            unhealthy: r.health.as_ref().is_some_and(|h| h.state != "Healthy"),
+            health: r.health.as_ref().map(|h| h.state.clone()),
+            deferred: r.deferred.as_ref().map(|d| (d.generation, d.reason)),
+            // Why it is not healthy, when it is not; else what happened.
+            message: r
+                .health
+                .as_ref()
+                .filter(|h| h.state != "Healthy")
+                .and_then(|h| h.reason.as_ref())
+                .or(r.message.as_ref())
+                .map(|m| m.chars().take(LATEST_MESSAGE_CHARS).collect()),
+        }
+    }
+
+    fn unhealthy(&self) -> bool {
+        self.health.as_ref().is_some_and(|h| h != "Healthy")
+    }
+
+    fn view(&self) -> crate::rollout::ReportView {
+        crate::rollout::ReportView {
+            outcome: Some(self.outcome),
+            generation: self.generation,
+            health: self.health.clone(),
+            deferred: self.deferred,
+            message: self.message.clone(),
         }
     }
 }
@@ -238,6 +272,8 @@ struct State {
     version: u64,
     /// Each cluster's last signed assignment.
     assignments: HashMap<String, AssignmentRecord>,
+    /// Each channel's rollout (for channels with a plan).
+    rollouts: HashMap<String, crate::rollout::Rollout>,
 }
 
 /// The fleet.
@@ -250,6 +286,7 @@ pub struct Fleet {
     offline_after: std::time::Duration,
     signer: Option<Arc<SigningKey>>,
     assignment_config: AssignmentConfig,
+    maintenance: Vec<crate::config::MaintenanceConfig>,
 }
 
 /// Hex SHA-256 of a token.
@@ -341,7 +378,7 @@ impl Fleet {
             .map(|c| (c.token_hash.clone(), c.name.clone()))
             .collect();
         let (changes, _) = watch::channel(0);
-        Ok(Self {
+        let fleet = Self {
             state: RwLock::new(State {
                 channels: records,
                 clusters,
@@ -352,6 +389,7 @@ impl Fleet {
                 cache: HashMap::new(),
                 version: 0,
                 assignments: HashMap::new(),
+                rollouts: HashMap::new(),
             }),
             store,
             channels,
@@ -360,7 +398,24 @@ impl Fleet {
             offline_after: std::time::Duration::from_secs(300),
             signer: None,
             assignment_config: AssignmentConfig::default(),
-        })
+            maintenance: Vec::new(),
+        };
+        {
+            let mut state = fleet.state.write().expect("fleet lock");
+            fleet.load_rollouts(&mut state)?;
+        }
+        Ok(fleet)
+    }
+
+    /// Sets the maintenance windows carried in assignments (before they are signed).
+    pub fn with_maintenance(mut self, windows: Vec<crate::config::MaintenanceConfig>) -> Self {
+        self.maintenance = windows;
+        self
+    }
+
+    /// The maintenance window configs.
+    pub fn maintenance_configs(&self) -> &[crate::config::MaintenanceConfig] {
+        &self.maintenance
     }
 
     /// Sets how long a cluster may be silent before it counts as offline.
@@ -455,7 +510,7 @@ impl Fleet {
             .iter()
             .filter(|(name, _)| self.targets(name, record))
             .filter_map(|(name, r)| {
-                let served = r.served_at_most(record.pins.get(name).copied())?;
+                let served = r.served_at_most(self.pin_of(&state, name, record))?;
                 Some(DesiredChannel {
                     channel: name.clone(),
                     generation: served.generation,
@@ -490,7 +545,7 @@ impl Fleet {
         };
         state.channels.iter().any(|(name, r)| {
             self.targets(name, record)
-                && r.served_at_most(record.pins.get(name).copied())
+                && r.served_at_most(self.pin_of(&state, name, record))
                     .is_some_and(|s| s.sha256 == *digest)
         })
     }
@@ -518,10 +573,15 @@ impl Fleet {
     pub fn set_channel(&self, name: &str, record: ChannelRecord) -> Result<(), FleetError> {
         self.store.put_channel(name, &record)?;
         let mut state = self.state.write().expect("fleet lock");
+        let before = state.channels.get(name).map_or(0, |r| r.generation);
         let serves_new = state.channels.get(name).map(|r| (r.generation, r.sha256))
             != Some((record.generation, record.sha256));
+        let generation = record.generation;
         state.channels.insert(name.to_owned(), record);
         if serves_new {
+            if generation > before {
+                self.start_rollout(&mut state, name, before, generation)?;
+            }
             self.changed(&mut state);
         }
         Ok(())
@@ -543,6 +603,7 @@ impl Fleet {
             values: BTreeMap::new(),
             channel_values: BTreeMap::new(),
             pins: BTreeMap::new(),
+            apply_now_until: None,
             created: Timestamp::now(),
             last_seen: None,
             legacy_reports: BTreeMap::new(),
@@ -757,11 +818,14 @@ impl Fleet {
                 .map(|name| {
                     let is_targeted = targeted.contains(name);
                     let pin = c.pins.get(name).copied();
+                    let rollout_pin = self
+                        .rollout_pin(&state, name, &c.name)
+                        .filter(|p| state.channels.get(name).is_some_and(|r| r.generation > *p));
                     let desired = state
                         .channels
                         .get(name)
                         .filter(|_| is_targeted)
-                        .and_then(|r| r.served_at_most(pin));
+                        .and_then(|r| r.served_at_most(self.pin_of(&state, name, &c)));
                     let report = reports.get(name);
                     ClusterChannelStatus {
                         channel: name.clone(),
@@ -774,6 +838,7 @@ impl Fleet {
                             .map(|x| x.on_unassign),
                         desired_generation: desired.map(|r| r.generation),
                         pin,
+                        rollout_pin,
                         applied_generation: report
                             .filter(|r| {
                                 matches!(
@@ -826,15 +891,16 @@ impl Fleet {
                 let failed = latest
                     .values()
                     .any(|l| matches!(l.outcome, Outcome::Failed | Outcome::Rejected));
+                // Synced: running what it is served (its pins and the rollouts allow).
                 let synced = state
                     .channels
                     .iter()
                     .filter(|(name, r)| r.generation > 0 && self.targets(name, c))
                     .all(|(name, r)| {
+                        let served = r.generation_at_most(self.pin_of(&state, name, c));
                         latest.get(name).is_some_and(|l| {
-                            matches!(l.outcome, Outcome::Applied | Outcome::Checked)
-                                && l.generation == Some(r.generation)
-                        })
+                            matches!(l.outcome, Outcome::Applied | Outcome::Checked) && l.generation >= served
+                        }) || served.is_none()
                     });
                 let state = if c.last_seen.is_none() {
                     "unseen"
@@ -851,7 +917,7 @@ impl Fleet {
                     name: c.name.clone(),
                     state,
                     drifted: latest.values().map(|l| l.drifted).sum(),
-                    unhealthy: latest.values().filter(|l| l.unhealthy).count(),
+                    unhealthy: latest.values().filter(|l| l.unhealthy()).count(),
                     last_seen: c.last_seen,
                 }
             })

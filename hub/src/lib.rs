@@ -19,6 +19,7 @@ pub mod ignore;
 pub mod preview;
 pub mod process;
 pub mod render;
+pub mod rollout;
 pub mod serve;
 pub mod sign;
 pub mod sources;

@@ -37,7 +37,12 @@ pub fn render(
     let record = fleet
         .cluster_record(cluster)
         .ok_or_else(|| FleetError::UnknownCluster(cluster.to_owned()))?;
-    let content = assign::content(&record, fleet.channel_configs());
+    let content = assign::content(
+        &record,
+        fleet.channel_configs(),
+        &fleet.pins_of(&record),
+        fleet.maintenance_configs(),
+    );
     if let Some(c) = channel
         && content.channel(c).is_none()
     {

@@ -37,6 +37,7 @@ pub async fn run(config: HubConfig, force_unassign: bool) -> anyhow::Result<()> 
             },
         )?
         .with_offline_after(config.offline_after)
+        .with_maintenance(config.maintenance_windows.clone())
         .with_assignments(key.clone(), config.assignments.clone(), force_unassign)?,
     );
     let metrics = Arc::new(Metrics::default());
@@ -107,6 +108,23 @@ pub async fn run(config: HubConfig, force_unassign: bool) -> anyhow::Result<()> 
         }
     });
 
+    // Rollouts move on as reports arrive and soaks end: looked at twice a second (cheap
+    // when nothing moves: one read-locked pass per running rollout).
+    let ticker = fleet.clone();
+    let mut tick_stop = shutdown_rx.clone();
+    let rollout_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tick_stop.changed() => break,
+            }
+            let f = ticker.clone();
+            if let Ok(Err(error)) = tokio::task::spawn_blocking(move || f.tick_rollouts()).await {
+                warn!(%error, "Moving rollouts on failed; trying again");
+            }
+        }
+    });
+
     let shutdown = async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
@@ -126,6 +144,7 @@ pub async fn run(config: HubConfig, force_unassign: bool) -> anyhow::Result<()> 
     };
     api::serve(listener, tls, api::router(state.clone()), state, shutdown).await?;
     let _ = flush_task.await;
+    let _ = rollout_task.await;
     fleet.flush_seen()?;
     info!("Hub stopped");
     Ok(())

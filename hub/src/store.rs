@@ -26,6 +26,8 @@ const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 /// cluster → its last signed assignment (kept when the cluster is removed, so a cluster
 /// registered again under the name continues its sequence).
 const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
+/// channel → its rollout (the generation being rolled out, the step, the pins given).
+const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +143,19 @@ impl ChannelRecord {
         }
     }
 
+    /// The generation [`Self::served_at_most`] serves, without copying it.
+    pub fn generation_at_most(&self, pin: Option<u64>) -> Option<u64> {
+        self.sha256?;
+        match pin {
+            Some(p) if self.generation > p => self
+                .previous
+                .iter()
+                .find(|s| s.generation <= p)
+                .map(|s| s.generation),
+            _ => Some(self.generation),
+        }
+    }
+
     /// Moves the current generation into `previous` (before a new one replaces it).
     pub fn keep_current(&mut self) {
         if let Some(s) = self.served() {
@@ -191,6 +206,10 @@ pub struct ClusterRecord {
     /// Highest generation per channel this cluster may run (`cluster pin`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pins: BTreeMap<String, u64>,
+    /// An emergency override of the cluster's maintenance windows: until then, newer
+    /// generations apply at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_now_until: Option<Timestamp>,
     /// When registered.
     pub created: Timestamp,
     /// Last request from its agent (kept in its own table; read from records written by
@@ -263,6 +282,7 @@ impl Store {
             txn.open_table(REPORT_META)?;
             txn.open_table(SEEN)?;
             txn.open_table(ASSIGNMENTS)?;
+            txn.open_table(ROLLOUTS)?;
             Ok(())
         })?;
         Ok(store)
@@ -392,6 +412,20 @@ impl Store {
             for (name, bytes) in &encoded {
                 t.insert(*name, bytes.as_slice())?;
             }
+            Ok(())
+        })
+    }
+
+    /// Every channel's rollout.
+    pub fn rollouts(&self) -> Result<BTreeMap<String, crate::rollout::Rollout>, StoreError> {
+        self.load(ROLLOUTS)
+    }
+
+    /// Writes a channel's rollout.
+    pub fn put_rollout(&self, channel: &str, rollout: &crate::rollout::Rollout) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(rollout).expect("serializes");
+        self.write(|txn| {
+            txn.open_table(ROLLOUTS)?.insert(channel, bytes.as_slice())?;
             Ok(())
         })
     }

@@ -162,6 +162,46 @@ impl Metrics {
                 u8::from(c.record.last_error.is_some())
             );
         }
+        let rollouts = fleet.rollout_statuses();
+        family(
+            &mut out,
+            "skiff_hub_rollout_step",
+            "gauge",
+            "Current step (1-based) of each channel's rollout, with its generation and phase (running, paused, halted, aborted, complete).",
+        );
+        for r in &rollouts {
+            let _ = writeln!(
+                out,
+                "skiff_hub_rollout_step{{channel=\"{}\",generation=\"{}\",phase=\"{}\"}} {}",
+                r.channel, r.generation, r.phase, r.step
+            );
+        }
+        family(
+            &mut out,
+            "skiff_hub_rollout_clusters",
+            "gauge",
+            "Clusters of each channel's rollout by standing: total, reached, done, progressing, behind, failed, held, waiting (for their window), offline.",
+        );
+        for r in &rollouts {
+            let c = &r.counts;
+            for (state, n) in [
+                ("total", r.total),
+                ("reached", r.reached),
+                ("done", c.done),
+                ("progressing", c.progressing),
+                ("behind", r.behind),
+                ("failed", c.failed),
+                ("held", c.held),
+                ("waiting", c.waiting),
+                ("offline", c.offline),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "skiff_hub_rollout_clusters{{channel=\"{}\",state=\"{state}\"}} {n}",
+                    r.channel
+                );
+            }
+        }
         let fetches: Vec<(String, (Option<Timestamp>, u64))> = self
             .fetches
             .lock()

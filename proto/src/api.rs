@@ -83,6 +83,33 @@ pub enum Outcome {
     Rejected,
     /// A drift check ran (see `drift`).
     Checked,
+    /// A newer generation was verified and stored but is not applied yet: the site holds,
+    /// or it is outside its maintenance window (see `deferred`). The generation it runs is
+    /// unchanged. (Hubs before this outcome refuse such reports: upgrade the hub first.)
+    Deferred,
+}
+
+/// Why an agent does not apply a verified generation yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeferReason {
+    /// `skiff-agent hold` on the site.
+    Hold,
+    /// Outside the cluster's maintenance window.
+    Window,
+}
+
+/// A generation the agent holds verified and does not apply yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deferred {
+    /// The generation waiting.
+    pub generation: u64,
+    /// Why.
+    pub reason: DeferReason,
+    /// When the next window opens (for `window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Timestamp>,
 }
 
 /// An object's identity, as reports name it.
@@ -209,6 +236,9 @@ pub struct Report {
     /// is down …), with the reason: neither in sync nor drifted, but unknown.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unknown: Vec<ObjectError>,
+    /// For a `deferred` outcome: the generation waiting and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<Deferred>,
 }
 
 impl Report {

@@ -51,7 +51,8 @@ pub enum OnUnassign {
 pub struct AssignedChannel {
     /// The channel.
     pub channel: String,
-    /// The highest generation this cluster may run; absent: whatever the channel's newest is.
+    /// The highest generation this cluster may run (0: none yet, while a rollout has not
+    /// reached it); absent: whatever the channel's newest is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_generation: Option<u64>,
     /// What to do with the channel's objects once it is no longer assigned.
@@ -86,6 +87,9 @@ pub struct Assignment {
     pub labels: BTreeMap<String, String>,
     /// The channels it runs, sorted by name.
     pub channels: Vec<AssignedChannel>,
+    /// When newer generations may be applied (§7.3); absent: any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<crate::window::Maintenance>,
 }
 
 /// An assignment that breaks a rule of §7.
@@ -185,6 +189,11 @@ impl Assignment {
                 limits::MAX_CHANNELS
             ));
         }
+        if let Some(m) = &self.maintenance
+            && let Err(why) = m.check()
+        {
+            return bad(format!("maintenance: {why}"));
+        }
         for pair in self.channels.windows(2) {
             if pair[0].channel >= pair[1].channel {
                 return bad(format!(
@@ -196,12 +205,6 @@ impl Assignment {
         for c in &self.channels {
             if let Err(why) = check_channel_name(&c.channel) {
                 return bad(format!("channel {:?}: {why}", c.channel));
-            }
-            if c.max_generation == Some(0) {
-                return bad(format!(
-                    "channel {:?}: maxGeneration must be 1 or more",
-                    c.channel
-                ));
             }
             if c.values.len() > limits::MAX_VALUES {
                 return bad(format!(
@@ -284,6 +287,7 @@ mod tests {
                 substitute: true,
                 values: BTreeMap::from([("replicas".to_owned(), "2".to_owned())]),
             }],
+            maintenance: None,
         }
     }
 

@@ -26,6 +26,7 @@ pub mod objects;
 pub mod statement;
 pub mod values;
 pub mod verify;
+pub mod window;
 
 pub use digest::Sha256Digest;
 

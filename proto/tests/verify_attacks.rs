@@ -325,6 +325,7 @@ fn assignment(cluster: &str, sequence: u64) -> skiff_proto::assignment::Assignme
             substitute: false,
             values: BTreeMap::new(),
         }],
+        maintenance: None,
     }
 }
 

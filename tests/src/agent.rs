@@ -33,15 +33,25 @@ pub struct AgentProcess {
     child: Option<Child>,
     config: PathBuf,
     log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl AgentProcess {
     /// Starts `skiff-agent run --config CONFIG`.
     pub fn start(config: &Path) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables for the process (kept on restarts).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut a = Self {
             child: None,
             config: config.to_owned(),
             log: config.with_file_name("agent.log"),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         a.spawn();
         a
@@ -60,6 +70,7 @@ impl AgentProcess {
                 .arg("--config")
                 .arg(&self.config)
                 .env("SKIFF_LOG", "info,skiff_agent=debug")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

@@ -366,6 +366,7 @@ mod tests {
             expires: None,
             labels: [("region".to_owned(), "eu".to_owned())].into(),
             channels,
+            maintenance: None,
         }
     }
 
@@ -457,6 +458,7 @@ mod tests {
             }],
             health: None,
             unknown: Vec::new(),
+            deferred: None,
         };
         scrub(&mut r, &local);
         let text = serde_json::to_string(&r).unwrap();

@@ -132,7 +132,8 @@ impl DirApplier {
     }
 
     /// Compares each object's file with what skiff wrote; rewrites drifted ones when
-    /// `heal` allows. Files carry no status, so every object counts as healthy.
+    /// `heal` allows. Nothing runs a file: an object is judged by the `status` its
+    /// manifest carries, as the kube target judges the live one (none: healthy).
     pub fn check(
         &self,
         channel: &str,
@@ -153,7 +154,16 @@ impl DirApplier {
                 Ok(b) if b != want.as_bytes() => Some("modified"),
                 Ok(_) => None,
             };
-            checked.health.push((o.id.clone(), "Healthy", None));
+            let (state, reason) = if o
+                .value
+                .get("status")
+                .is_some_and(|s| s.as_object().is_some_and(|m| !m.is_empty()))
+            {
+                crate::drift::object_health(&o.value)
+            } else {
+                ("Healthy", None)
+            };
+            checked.health.push((o.id.clone(), state, reason));
             let Some(kind) = kind else { return };
             let heal = heal && !crate::drift::self_heal_disabled(&o.value);
             let corrected = heal && write_atomic(&path, want.as_bytes()).is_ok();

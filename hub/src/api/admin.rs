@@ -64,6 +64,17 @@ pub struct SetPin {
     pub generation: Option<u64>,
 }
 
+/// `POST /v1/admin/clusters/{cluster}/apply-now` body: override the cluster's maintenance
+/// windows for `seconds` (null ends the override).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyNow {
+    /// How long, from now.
+    pub seconds: Option<u64>,
+}
+
+/// Longest emergency override of a maintenance window.
+pub const MAX_APPLY_NOW: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// `GET /v1/admin/clusters/{cluster}/render?channel=C`
 #[derive(Debug, Deserialize)]
 pub struct RenderQuery {
@@ -215,6 +226,35 @@ pub async fn set_pin(
     }
 }
 
+/// `POST /v1/admin/clusters/{cluster}/apply-now`
+pub async fn apply_now(
+    State(state): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    admin!(state, headers);
+    let req: ApplyNow = match json_body(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let d = req.seconds.map(std::time::Duration::from_secs);
+    if d.is_some_and(|d| d.is_zero() || d > MAX_APPLY_NOW) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "seconds: an override lasts 1 second to 7 days",
+        );
+    }
+    let until = d.map(|d| skiff_proto::statement::Timestamp::now().plus(d));
+    match state.fleet.set_apply_now(&cluster, until) {
+        Ok(()) => {
+            tracing::info!(cluster = %cluster, until = ?until.map(|t| t.to_string()), "Maintenance window override");
+            Json(serde_json::json!({"cluster": cluster, "until": until})).into_response()
+        }
+        Err(e) => fleet_error(e),
+    }
+}
+
 /// `GET /v1/admin/clusters/{cluster}/render[?channel=C]`: the objects the cluster would
 /// apply, values substituted.
 pub async fn render(
@@ -321,6 +361,34 @@ pub async fn list_channels(State(state): State<Arc<AppState>>, headers: HeaderMa
         c.fetch_error = state.sources.fetch_error(&c.repo);
     }
     Json(channels).into_response()
+}
+
+/// `GET /v1/admin/rollouts`: every channel's rollout (channels with a plan).
+pub async fn list_rollouts(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    admin!(state, headers);
+    Json(state.fleet.rollout_statuses()).into_response()
+}
+
+/// `POST /v1/admin/rollouts/{channel}/{command}`: `pause`, `resume`, `promote` or `abort`.
+pub async fn rollout_command(
+    State(state): State<Arc<AppState>>,
+    Path((channel, command)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    admin!(state, headers);
+    let cmd = match serde_json::from_value(serde_json::Value::String(command.clone())) {
+        Ok(c) => c,
+        Err(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no rollout command {command:?}: pause, resume, promote or abort"),
+            );
+        }
+    };
+    match state.fleet.rollout_command(&channel, cmd) {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => fleet_error(e),
+    }
 }
 
 /// `POST /v1/admin/channels/{channel}/refresh`: fetch its repository and rebuild now.

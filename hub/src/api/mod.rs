@@ -86,10 +86,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/clusters/{cluster}/desired", get(admin::desired))
         .route("/v1/admin/clusters/{cluster}/values", post(admin::set_values))
         .route("/v1/admin/clusters/{cluster}/pins", post(admin::set_pin))
+        .route("/v1/admin/clusters/{cluster}/apply-now", post(admin::apply_now))
         .route("/v1/admin/clusters/{cluster}/render", get(admin::render))
         .route("/v1/admin/channels", get(admin::list_channels))
         .route("/v1/admin/channels/{channel}/refresh", post(admin::refresh))
         .route("/v1/admin/status", get(admin::list_clusters))
+        .route("/v1/admin/rollouts", get(admin::list_rollouts))
+        .route(
+            "/v1/admin/rollouts/{channel}/{command}",
+            post(admin::rollout_command),
+        )
         .route("/v1/admin/trust", get(admin::trust))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .route_layer(middleware::from_fn_with_state(state.clone(), record))

@@ -96,6 +96,9 @@ pub(super) async fn cluster_detail(hub: &HubArgs, name: &str, output: Output) ->
         if let Some(pin) = ch.pin {
             println!("  pinned at:          {pin}");
         }
+        if let Some(pin) = ch.rollout_pin {
+            println!("  rollout gave it:    {pin} (later steps of the channel's rollout bring newer)");
+        }
         println!("  applied generation: {}", g(ch.applied_generation));
         println!(
             "  last report:        {} {}",
@@ -275,6 +278,27 @@ pub(super) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             let scope = channel.map_or_else(|| "every channel".to_owned(), |c| format!("channel {c}"));
             println!("{name} ({scope}): {}", labels_text(&now));
         }
+        ClusterCommand::ApplyNow {
+            hub,
+            name,
+            duration,
+            clear: _,
+        } => {
+            let r: serde_json::Value = hub
+                .client()?
+                .json(
+                    Method::POST,
+                    &format!("/v1/admin/clusters/{name}/apply-now"),
+                    Some(serde_json::json!({"seconds": duration.map(|d| d.as_secs())})),
+                )
+                .await?;
+            match r["until"].as_str() {
+                Some(until) => println!(
+                    "{name}: maintenance windows overridden until {until}; its agent applies newer generations as soon as it gets its new assignment"
+                ),
+                None => println!("{name}: maintenance windows apply again"),
+            }
+        }
         ClusterCommand::Pin {
             hub,
             name,
@@ -392,10 +416,14 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
         }
     }
     let channels: Vec<ChannelStatus> = client.json(Method::GET, "/v1/admin/channels", None).await?;
+    let rollouts: Vec<crate::rollout::RolloutStatus> =
+        client.json(Method::GET, "/v1/admin/rollouts", None).await?;
     if output == Output::Json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"clusters": clusters, "channels": channels}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"clusters": clusters, "channels": channels, "rollouts": rollouts})
+            )?
         );
         return Ok(());
     }
@@ -445,6 +473,10 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
         ]);
     }
     table(&rows);
+    if !rollouts.is_empty() {
+        println!();
+        super::rollout::print(&rollouts);
+    }
     println!();
     let mut rows = vec![
         [

@@ -15,7 +15,9 @@ use crate::config::{HubConfig, Overrides, RenderMode};
 
 mod admin;
 mod bootstrap;
+mod rollout;
 use crate::sign::{PUBLIC_KEY_FILE, SIGNING_KEY_FILE, keygen};
+pub use rollout::RolloutCommand;
 
 /// The skiff hub: turns Git commits into signed, reproducible bundles for a fleet of clusters.
 #[derive(Debug, Parser)]
@@ -82,6 +84,10 @@ pub enum Command {
     /// Reports carried back from air-gapped sites.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Staged rollouts of channels with a rollout plan: status, pause, resume, promote,
+    /// abort.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
 }
 
 /// Where the running hub is, for admin commands.
@@ -235,6 +241,23 @@ pub enum ClusterCommand {
         #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
         generation: Option<u64>,
         /// Remove the pin.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Emergency override of a cluster's maintenance windows: its agent applies newer
+    /// generations at once until the override ends (signed into its assignment, so it holds
+    /// offline too); --clear ends it early.
+    ApplyNow {
+        /// The hub to talk to.
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Cluster name.
+        name: String,
+        /// How long the override lasts (e.g. 2h).
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration,
+              required_unless_present = "clear", conflicts_with = "clear")]
+        duration: Option<Duration>,
+        /// End the override.
         #[arg(long)]
         clear: bool,
     },
@@ -454,6 +477,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             (None, Some(channel)) => runtime()?.block_on(admin::export_channel(&hub, &channel, &out)),
             (None, None) => unreachable!("clap requires --cluster or --channel"),
         },
+        Command::Rollout(c) => runtime()?.block_on(rollout::run(c)),
         Command::Report(ReportCommand::Import { hub, file }) => {
             runtime()?.block_on(admin::import(&hub, &file))
         }

@@ -38,7 +38,7 @@ impl Fleet {
             .clusters
             .values()
             .map(|c| {
-                let names = assign::content(c, &self.channels)
+                let names = assign::content(c, &self.channels, &c.pins, &[])
                     .channels
                     .into_iter()
                     .map(|a| a.channel)
@@ -77,6 +77,15 @@ impl Fleet {
         state: &mut State,
         only: Option<&str>,
     ) -> Result<usize, FleetError> {
+        self.refresh_where(state, |name| only.is_none_or(|o| o == name))
+    }
+
+    /// [`Self::refresh_assignments`] for the clusters `pick` names.
+    pub(super) fn refresh_where(
+        &self,
+        state: &mut State,
+        pick: impl Fn(&str) -> bool,
+    ) -> Result<usize, FleetError> {
         let Some(key) = &self.signer else { return Ok(0) };
         let now = Timestamp::now();
         let now_millis = std::time::SystemTime::now()
@@ -84,12 +93,13 @@ impl Fleet {
             .map_or(0, |d| d.as_millis() as u64);
         let expires_after = self.assignment_config.expires_after;
         let mut signed = Vec::new();
-        for c in state
-            .clusters
-            .values()
-            .filter(|c| only.is_none_or(|o| o == c.name))
-        {
-            let mut a = assign::content(c, &self.channels);
+        for c in state.clusters.values().filter(|c| pick(&c.name)) {
+            let mut a = assign::content(
+                c,
+                &self.channels,
+                &self.effective_pins(state, c),
+                &self.maintenance,
+            );
             let content = assign::content_digest(&a);
             let previous = state.assignments.get(&c.name);
             let renew = |p: &AssignmentRecord| match (p.expires, expires_after) {
@@ -237,6 +247,15 @@ impl Fleet {
                 Some(p) => record.pins.insert(channel.to_owned(), p),
                 None => record.pins.remove(channel),
             };
+            Ok(())
+        })
+    }
+
+    /// Overrides a cluster's maintenance windows until `until` (`None` ends the override):
+    /// its agent applies newer generations at once meanwhile.
+    pub fn set_apply_now(&self, name: &str, until: Option<Timestamp>) -> Result<(), FleetError> {
+        self.update_cluster(name, |record| {
+            record.apply_now_until = until;
             Ok(())
         })
     }

@@ -50,6 +50,7 @@ fn main() -> anyhow::Result<()> {
             values: BTreeMap::from([("site_id".to_owned(), format!("s-{i}"))]),
             channel_values: BTreeMap::new(),
             pins: BTreeMap::new(),
+            apply_now_until: None,
             created: Timestamp::now(),
             last_seen: None,
             legacy_reports: BTreeMap::new(),

@@ -12,7 +12,15 @@
 //!   prints how many were held, hub RSS and CPU, and, if the desired state changes during
 //!   the run, how long the change took to reach every cluster.
 //!
+//! - `rollout`: every cluster long-polls and reports each newer generation it is given as
+//!   applied and Healthy (`--failing` per mille report Failed, `--offline` per mille are
+//!   never online); `--rollouts` commits to `--repo` roll out one after another through the
+//!   channel's plan (`--plan`, the same YAML as the hub's `rollout:`); prints hub CPU and
+//!   memory meanwhile, and how long a step's end took to reach the next step.
+//!
 //! Every loop is bounded by `--duration`; only the given hub URL (loopback) is contacted.
+
+mod rollout;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +40,12 @@ struct Args {
     tokens: Option<std::path::PathBuf>,
     hub_pid: Option<u32>,
     prefix: String,
+    channel: String,
+    rollouts: usize,
+    offline_permille: usize,
+    failing_permille: usize,
+    repo: Option<std::path::PathBuf>,
+    plan: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -46,6 +60,12 @@ fn parse_args() -> anyhow::Result<Args> {
         tokens: None,
         hub_pid: None,
         prefix: "sim".into(),
+        channel: "demo".into(),
+        rollouts: 3,
+        offline_permille: 20,
+        failing_permille: 5,
+        repo: None,
+        plan: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -61,9 +81,15 @@ fn parse_args() -> anyhow::Result<Args> {
             "--tokens" => a.tokens = Some(val()?.into()),
             "--hub-pid" => a.hub_pid = Some(val()?.parse()?),
             "--prefix" => a.prefix = val()?,
+            "--channel" => a.channel = val()?,
+            "--rollouts" => a.rollouts = val()?.parse()?,
+            "--offline" => a.offline_permille = val()?.parse()?,
+            "--failing" => a.failing_permille = val()?.parse()?,
+            "--repo" => a.repo = Some(val()?.into()),
+            "--plan" => a.plan = Some(val()?.into()),
             "-h" | "--help" => {
                 println!(
-                    "usage: skiff-fleet-sim --hub URL --admin-token TOKEN --clusters N --mode etag|longpoll [--duration SECS] [--workers N] [--wait SECS] [--tokens FILE] [--hub-pid PID] [--prefix NAME]"
+                    "usage: skiff-fleet-sim --hub URL --admin-token TOKEN --clusters N --mode etag|longpoll|rollout [--duration SECS] [--workers N] [--wait SECS] [--tokens FILE] [--hub-pid PID] [--prefix NAME]\n       rollout: --repo DIR --plan FILE [--channel demo] [--rollouts 3] [--offline PERMILLE (20)] [--failing PERMILLE (5)]"
                 );
                 std::process::exit(0);
             }
@@ -407,7 +433,11 @@ fn main() -> anyhow::Result<()> {
         match a.mode.as_str() {
             "etag" => etag_mode(&a, &http, clusters).await,
             "longpoll" => longpoll_mode(&a, &http, clusters).await,
-            other => bail!("--mode {other}: use etag or longpoll"),
+            "rollout" => match (&a.repo, &a.plan) {
+                (Some(repo), Some(plan)) => rollout::run(&a, &http, clusters, repo, plan).await,
+                _ => bail!("--mode rollout needs --repo DIR and --plan FILE"),
+            },
+            other => bail!("--mode {other}: use etag, longpoll or rollout"),
         }
     })
 }
