@@ -111,6 +111,21 @@ impl PublicKey {
             })
     }
 
+    /// From the raw 32 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        let parse = |reason: String| KeyError::Parse {
+            what: "raw key".to_owned(),
+            expected: "32-byte Ed25519 public key",
+            reason,
+        };
+        let raw: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| parse(format!("{} bytes", bytes.len())))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&raw)
+            .map(Self)
+            .map_err(|e| parse(e.to_string()))
+    }
+
     /// Reads an SPKI PEM file.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         Self::from_spki_pem(&read(path)?, &path.display().to_string())

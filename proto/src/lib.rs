@@ -23,6 +23,7 @@ pub mod dsse;
 pub mod keys;
 pub mod manifest;
 pub mod objects;
+pub mod root;
 pub mod statement;
 pub mod values;
 pub mod verify;

@@ -3,13 +3,14 @@
 //! Everything here happens before a single manifest is parsed: a bundle that fails any step
 //! is never extracted, stored or applied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::Sha256Digest;
 use crate::assignment::{ASSIGNMENT_PAYLOAD_TYPE, Assignment, AssignmentError};
 use crate::bundle::{Bundle, BundleError, Limits, read_bundle};
-use crate::dsse::{DsseError, Envelope, PAYLOAD_TYPE, decode_base64, pae};
+use crate::dsse::{DsseError, Envelope, PAYLOAD_TYPE};
 use crate::keys::PublicKey;
+use crate::root::{Role, Root, RootError};
 use crate::statement::{STATEMENT_TYPE, Statement, Timestamp, check_channel_name};
 
 /// Public keys an agent trusts, and how many of them must have signed.
@@ -17,6 +18,8 @@ use crate::statement::{STATEMENT_TYPE, Statement, Timestamp, check_channel_name}
 pub struct TrustSet {
     keys: BTreeMap<String, PublicKey>,
     threshold: usize,
+    /// When the keys come from a trust root: its roles decide who must sign what.
+    root: Option<Root>,
 }
 
 /// A trust set that cannot work.
@@ -191,6 +194,9 @@ pub enum VerifyError {
     /// An assignment breaks a rule of `FORMAT.md` §7.
     #[error("{0}")]
     Assignment(#[from] AssignmentError),
+    /// Step 3a: the trust root does not allow it (expired).
+    #[error("{0}")]
+    Root(#[from] RootError),
     /// Step 9: `skiff-bundle.json` names another channel than the signed statement.
     #[error("skiff-bundle.json is for channel {bundle:?}, the statement for {statement:?}")]
     BundleChannelMismatch {
@@ -214,7 +220,54 @@ impl TrustSet {
                 keys: keys.len(),
             });
         }
-        Ok(Self { keys, threshold })
+        Ok(Self {
+            keys,
+            threshold,
+            root: None,
+        })
+    }
+
+    /// The trust a root delegates: bundles by its `bundles` role (or the channel's own),
+    /// assignments by its `assignments` role.
+    pub fn from_root(root: Root) -> Self {
+        let mut roles = vec![&root.bundles, &root.assignments];
+        roles.extend(root.channels.values());
+        let keys = roles.into_iter().flat_map(|r| root.role_keys(r)).collect();
+        Self {
+            keys,
+            threshold: 1,
+            root: Some(root),
+        }
+    }
+
+    /// The root this trust comes from, if any.
+    pub fn root(&self) -> Option<&Root> {
+        self.root.as_ref()
+    }
+
+    /// Step 3a: the trust root (if any) has not expired at `now`: under an expired root
+    /// nothing new is accepted (what was accepted before stays applicable).
+    pub fn check_fresh(&self, now: Timestamp) -> Result<(), VerifyError> {
+        match &self.root {
+            Some(r) => r.check_fresh(now).map_err(VerifyError::Root),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether enough of the right keys signed: the root's role for it, or the plain
+    /// threshold.
+    fn check_role(
+        &self,
+        role: Option<&Role>,
+        valid: &BTreeSet<String>,
+        notes: &[String],
+    ) -> Result<(), VerifyError> {
+        let Some(role) = role else { return Ok(()) };
+        crate::root::meets(role, valid, notes).map_err(|detail| VerifyError::BelowThreshold {
+            valid: valid.iter().filter(|k| role.keys.contains(*k)).count(),
+            threshold: role.threshold,
+            detail,
+        })
     }
 
     /// The key ids trusted.
@@ -224,7 +277,7 @@ impl TrustSet {
 
     /// Steps 2–4: checks the payload type and the signatures, then parses the statement.
     pub fn verify_envelope(&self, envelope: &Envelope) -> Result<Statement, VerifyError> {
-        let payload = self.verified_payload(envelope, PAYLOAD_TYPE)?;
+        let (payload, valid, notes) = self.verified_payload(envelope, PAYLOAD_TYPE)?;
         // Step 4: only a verified payload is parsed.
         let statement: Statement =
             serde_json::from_slice(&payload).map_err(|e| VerifyError::MalformedStatement(e.to_string()))?;
@@ -245,22 +298,35 @@ impl TrustSet {
                 "generation must be 1 or more".to_owned(),
             ));
         }
+        // Under a root, the channel's own signers (e.g. two for prod) must have signed.
+        self.check_role(
+            self.root.as_ref().map(|r| r.bundle_role(&statement.channel)),
+            &valid,
+            &notes,
+        )?;
         Ok(statement)
     }
 
     /// `FORMAT.md` §7.2 steps 1–3 for an assignment: payload type, signatures (as for a
     /// statement), then its shape. Returns it with the SHA-256 of its payload.
     pub fn verify_assignment(&self, envelope: &Envelope) -> Result<(Assignment, Sha256Digest), VerifyError> {
-        let payload = self.verified_payload(envelope, ASSIGNMENT_PAYLOAD_TYPE)?;
+        let (payload, valid, notes) = self.verified_payload(envelope, ASSIGNMENT_PAYLOAD_TYPE)?;
+        self.check_role(self.root.as_ref().map(|r| &r.assignments), &valid, &notes)?;
         let assignment: Assignment = serde_json::from_slice(&payload)
             .map_err(|e| VerifyError::Assignment(AssignmentError::Malformed(e.to_string())))?;
         assignment.check_shape()?;
         Ok((assignment, Sha256Digest::of(&payload)))
     }
 
-    /// Steps 2–3: the payload type is `expected` and enough trusted keys signed; returns the
-    /// payload bytes (not yet parsed).
-    fn verified_payload(&self, envelope: &Envelope, expected: &'static str) -> Result<Vec<u8>, VerifyError> {
+    /// Steps 2–3: the payload type is `expected` and enough trusted keys signed (under a
+    /// root: at least one of its signing keys, the role is checked once the payload says
+    /// what it is); returns the payload bytes (not yet parsed), the keys that signed, and a
+    /// note per signature that did not count.
+    fn verified_payload(
+        &self,
+        envelope: &Envelope,
+        expected: &'static str,
+    ) -> Result<(Vec<u8>, BTreeSet<String>, Vec<String>), VerifyError> {
         // Step 2.
         if envelope.payload_type != expected {
             return Err(VerifyError::WrongPayloadType {
@@ -278,33 +344,9 @@ impl TrustSet {
             });
         }
         let payload = envelope.payload_bytes()?;
-        let message = pae(&envelope.payload_type, &payload);
-        let mut valid: BTreeMap<&str, ()> = BTreeMap::new();
-        let mut notes = Vec::new();
-        for signature in &envelope.signatures {
-            let short = |id: &str| id.chars().take(12).collect::<String>();
-            let Ok(sig) = decode_base64("signatures[].sig", &signature.sig) else {
-                notes.push(format!("{}: sig is not base64", short(&signature.keyid)));
-                continue;
-            };
-            // The keyid is a hint; an empty one means "try every trusted key".
-            let candidates: Vec<(&String, &PublicKey)> = if signature.keyid.is_empty() {
-                self.keys.iter().collect()
-            } else {
-                self.keys.get_key_value(&signature.keyid).into_iter().collect()
-            };
-            if candidates.is_empty() {
-                notes.push(format!("{}: key not trusted", short(&signature.keyid)));
-                continue;
-            }
-            match candidates.into_iter().find(|(_, key)| key.verify(&message, &sig)) {
-                Some((id, _)) => {
-                    valid.insert(id, ());
-                }
-                None => notes.push(format!("{}: signature does not verify", short(&signature.keyid))),
-            }
-        }
-        if valid.len() < self.threshold {
+        let (valid, mut notes) = crate::root::valid_signers(envelope, &payload, &self.keys);
+        let needed = if self.root.is_some() { 1 } else { self.threshold };
+        if valid.len() < needed {
             if notes.is_empty() {
                 notes.push("signatures repeat the same key".to_owned());
             }
@@ -316,11 +358,11 @@ impl TrustSet {
             }
             return Err(VerifyError::BelowThreshold {
                 valid: valid.len(),
-                threshold: self.threshold,
+                threshold: needed,
                 detail: notes.join("; "),
             });
         }
-        Ok(payload)
+        Ok((payload, valid, notes))
     }
 }
 
@@ -408,6 +450,7 @@ pub fn verify_bundle(
     // Step 1.
     let envelope = Envelope::from_json(envelope_json)?;
     let statement = trust.verify_envelope(&envelope)?;
+    trust.check_fresh(policy.now)?;
     check_tarball(&statement, tarball)?;
     check_policy(&statement, policy)?;
     // Step 9.
