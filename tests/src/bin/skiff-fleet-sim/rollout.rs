@@ -237,6 +237,12 @@ pub async fn run(
         log.lock().expect("log").len(),
         settle.elapsed().as_secs_f64()
     );
+    if let Some((rss, _)) = a.hub_pid.and_then(proc_stats) {
+        println!(
+            "hub before the rollouts (every online cluster long-polling): RSS {:.1} MiB",
+            rss as f64 / 1024.0
+        );
+    }
     let cpu0 = a.hub_pid.and_then(proc_stats);
     let started = Instant::now();
     let mut samples = Vec::new();
