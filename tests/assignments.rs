@@ -249,6 +249,7 @@ async fn a_hub_or_mirror_cannot_slip_in_an_unassigned_channel() {
             envelope,
         }],
         assignment: Some(assignment),
+        root: None,
     };
     let fetched = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let body = serde_json::to_vec(&desired).unwrap();

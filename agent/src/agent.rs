@@ -26,6 +26,7 @@ use crate::verify::StoredBundle;
 
 mod assigned;
 mod gate;
+mod trust;
 pub use assigned::{TakenAssignment, admit, changes, values_for};
 pub use gate::{Deferral, WINDOW_CLOCK_ENV, deferral, report_only};
 
@@ -98,7 +99,7 @@ pub enum Offered {
 pub struct Agent {
     config: AgentConfig,
     store: Store,
-    trust: TrustSet,
+    trust: std::sync::RwLock<Arc<TrustSet>>,
     applier: Applier,
     hub: Option<HubClient>,
     /// Counters.
@@ -117,12 +118,16 @@ pub struct Agent {
     snapshot: std::sync::Mutex<(Instant, bool)>,
     /// Serializes applies (one bundle at a time touches the cluster).
     apply_lock: tokio::sync::Mutex<()>,
+    /// The import folder's root files as last read (read again only when they change).
+    root_files: std::sync::Mutex<Vec<(PathBuf, ImportStamp)>>,
 }
 
 /// A snapshot for `skiff-agent status` while the agent runs (the store is locked then).
 #[derive(Serialize)]
 struct Snapshot<'a> {
     cluster: &'a str,
+    #[serde(rename = "trustRoot")]
+    trust_root: Option<serde_json::Value>,
     assignment: Option<serde_json::Value>,
     channels: &'a std::collections::BTreeMap<String, ChannelState>,
     outbox: u64,
@@ -152,13 +157,8 @@ pub fn backoff(failures: u32, max: Duration) -> Duration {
 impl Agent {
     /// Builds the agent from its configuration (kube client, trust set, store).
     pub async fn new(config: AgentConfig) -> anyhow::Result<Self> {
-        let keys = config
-            .trusted_keys
-            .iter()
-            .map(|p| skiff_proto::keys::PublicKey::load(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        let trust = TrustSet::new(keys, config.threshold)?;
         let store = Store::open(&config.data_dir)?;
+        let trust = std::sync::RwLock::new(Arc::new(trust::initial(&config, &store)?));
         let applier = match &config.target {
             Target::Dir(path) => Applier::Dir(DirApplier::new(path.clone())),
             Target::Kube => {
@@ -211,6 +211,7 @@ impl Agent {
                 false,
             )),
             apply_lock: tokio::sync::Mutex::new(()),
+            root_files: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -248,6 +249,10 @@ impl Agent {
         };
         let snapshot = Snapshot {
             cluster: &self.config.cluster,
+            trust_root: self
+                .trust()
+                .root()
+                .map(|r| serde_json::json!({"version": r.version, "expires": r.expires})),
             assignment: self.assignment().map(|a| crate::status::assignment_summary(&a)),
             channels: &channels,
             outbox: self.store.outbox_len().unwrap_or(0),
@@ -315,7 +320,7 @@ impl Agent {
     ) -> anyhow::Result<Offered> {
         // The channel is known only from a verified statement; find it, then run every step.
         let envelope = Envelope::from_json(envelope_json).map_err(VerifyError::from);
-        let statement = envelope.and_then(|e| self.trust.verify_envelope(&e));
+        let statement = envelope.and_then(|e| self.trust().verify_envelope(&e));
         let (channel, state) = match &statement {
             Ok(s) => (s.channel.clone(), self.store.channel(&s.channel)?),
             Err(_) => ("unknown".to_owned(), ChannelState::default()),
@@ -356,7 +361,7 @@ impl Agent {
         }
         let verified = match statement
             .map_err(|e| e.to_string())
-            .and_then(|_| StoredBundle::verify(&self.trust, envelope_json, tarball, &policy))
+            .and_then(|_| StoredBundle::verify(&self.trust(), envelope_json, tarball, &policy))
         {
             Ok(v) => v,
             Err(error) => {
@@ -386,6 +391,33 @@ impl Agent {
                 .as_ref()
                 .is_some_and(|a| a.ok && a.sha256 == s.bundle.sha256)
         {
+            // The same bundle under a newer generation (the hub signed it again, e.g. with
+            // a rotated key): its statement replaces the stored one; nothing is re-applied.
+            if state
+                .accepted
+                .as_ref()
+                .is_some_and(|a| a.generation < s.generation)
+            {
+                let mut state = state;
+                if let Some(a) = state.accepted.as_mut() {
+                    a.generation = s.generation;
+                    a.envelope = Envelope::from_json(envelope_json)?;
+                    a.commit.clone_from(&s.commit);
+                    a.at = Timestamp::now();
+                }
+                if let Some(a) = state.applied.as_mut() {
+                    a.generation = s.generation;
+                }
+                self.store.put_channel(&s.channel, &state)?;
+                info!(channel = %s.channel, generation = s.generation, source, "Same bundle under a newer signed statement: kept, nothing to apply");
+                let mut r = Self::base_report(&s.channel, ReportOutcome::Applied);
+                r.generation = Some(s.generation);
+                r.sha256 = Some(s.bundle.sha256);
+                r.commit.clone_from(&s.commit);
+                r.health = state.health.clone();
+                r.message = Some("same bundle under a newer signed statement; nothing re-applied".to_owned());
+                self.report(r);
+            }
             return Ok(Offered::Unchanged);
         }
         if !same {
@@ -628,7 +660,7 @@ impl Agent {
             ..Policy::default()
         };
         StoredBundle::verify(
-            &self.trust,
+            &self.trust(),
             &accepted.envelope.to_json(),
             &self.store.bundle_path(&accepted.sha256),
             &policy,
@@ -838,7 +870,7 @@ impl Agent {
             std::fs::read(envelope).map_err(|e| anyhow::anyhow!("reading {}: {e}", envelope.display()))?;
         let statement = match Envelope::from_json(&env)
             .map_err(VerifyError::from)
-            .and_then(|e| self.trust.verify_envelope(&e))
+            .and_then(|e| self.trust().verify_envelope(&e))
             .and_then(|s| skiff_proto::verify::check_size(&s, &Default::default()).map(|()| s))
         {
             Ok(s) => s,
@@ -950,7 +982,11 @@ impl Agent {
                 Ok(Some((desired, tag))) => {
                     failures = 0;
                     let mut complete = true;
-                    // The assignment first: it decides which of the channels below may run.
+                    // A newer trust root first: it decides whose signatures count below.
+                    if let Some(root) = &desired.root {
+                        self.follow_hub_roots(root).await;
+                    }
+                    // The assignment next: it decides which of the channels below may run.
                     if let Some(envelope) = &desired.assignment
                         && let Err(error) = self.take_assignment("hub", envelope).await
                     {
@@ -963,9 +999,11 @@ impl Agent {
                     }
                     for ch in &desired.channels {
                         let held = self.store.channel(&ch.channel).unwrap_or_default();
-                        let current = held.accepted.map(|a| a.sha256);
+                        // The same bundle under a newer generation is offered (a statement
+                        // signed again), though nothing is downloaded for it.
+                        let current = held.accepted.map(|a| (a.sha256, a.generation));
                         let pending = held.pending.map(|a| a.sha256);
-                        if current == Some(ch.sha256)
+                        if current.is_some_and(|(d, g)| d == ch.sha256 && g >= ch.generation)
                             || pending == Some(ch.sha256)
                             || self.rejected.lock().expect("rejected").contains(&ch.sha256)
                         {
@@ -973,7 +1011,7 @@ impl Agent {
                         }
                         // What to fetch, and how much, comes from the signed statement, not
                         // from the unsigned answer around it.
-                        let statement = match self.trust.verify_envelope(&ch.envelope).and_then(|s| {
+                        let statement = match self.trust().verify_envelope(&ch.envelope).and_then(|s| {
                             skiff_proto::verify::check_size(&s, &Default::default())?;
                             skiff_proto::verify::check_policy(
                                 &s,
@@ -1009,6 +1047,23 @@ impl Agent {
                             continue;
                         }
                         let (digest, size) = (statement.bundle.sha256, statement.bundle.size);
+                        if current.is_some_and(|(d, _)| d == digest) {
+                            // Signed again: the stored bundle is checked under the new statement.
+                            let stored = self.store.bundle_path(&digest);
+                            if let Err(error) = self
+                                .offer(
+                                    "hub",
+                                    &ch.envelope.to_json(),
+                                    &stored,
+                                    ChannelPolicy::Expected(&ch.channel),
+                                )
+                                .await
+                            {
+                                warn!(%error, channel = %ch.channel, "Taking a new statement for the stored bundle failed");
+                                complete = false;
+                            }
+                            continue;
+                        }
                         let partial = self
                             .config
                             .data_dir
@@ -1117,7 +1172,9 @@ impl Agent {
             return;
         };
         loop {
-            // Assignments first: they decide which of the bundles may run.
+            // Trust roots first: they decide whose signatures count.
+            self.import_roots(&dir);
+            // Assignments next: they decide which of the bundles may run.
             for (file, stamp) in crate::source::scan_assignment_files(&dir) {
                 if self.refused_imports.lock().expect("imports").get(&file) == Some(&stamp) {
                     continue;

@@ -70,8 +70,15 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// File holding the cluster token.
     pub token_file: Option<PathBuf>,
-    /// Public keys (SPKI PEM) whose signatures are trusted.
+    /// Public keys (SPKI PEM) whose signatures are trusted (without `trust_root`; with it,
+    /// they may vouch for the first root the hub serves: the migration path).
+    #[serde(default)]
     pub trusted_keys: Vec<PathBuf>,
+    /// The trust root this site starts from (a root envelope, `FORMAT.md` §9): who signs
+    /// bundles and assignments, and who may sign the next root. The agent follows newer
+    /// roots from the hub or its import folder and keeps the newest in its store.
+    #[serde(default)]
+    pub trust_root: Option<PathBuf>,
     /// How many distinct trusted keys must have signed (default 1).
     #[serde(default = "one")]
     pub threshold: usize,
@@ -317,13 +324,16 @@ impl AgentConfig {
                 "required with hub (or token / SKIFF_AGENT_TOKEN)".into(),
             ));
         }
-        if config.trusted_keys.is_empty() {
+        if config.trusted_keys.is_empty() && config.trust_root.is_none() {
             return Err(invalid(
-                "trusted_keys",
-                "at least one public key file is required".into(),
+                "trust_root",
+                "required: a trust root file (or, before roots, trusted_keys: at least one public key file)"
+                    .into(),
             ));
         }
-        if config.threshold == 0 || config.threshold > config.trusted_keys.len() {
+        if !config.trusted_keys.is_empty()
+            && (config.threshold == 0 || config.threshold > config.trusted_keys.len())
+        {
             return Err(invalid(
                 "threshold",
                 format!(

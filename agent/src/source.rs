@@ -299,6 +299,36 @@ impl HubClient {
         Ok(())
     }
 
+    /// The trust roots after `version`, oldest first (at most what one answer carries).
+    pub async fn roots_after(&self, version: u64) -> Result<Vec<Envelope>, SourceError> {
+        let url = format!("{}/v1/roots?after={version}", self.hub()?);
+        let what = format!("GET {url}");
+        let resp = self
+            .auth(self.http.get(&url).timeout(REPORT_TIMEOUT))
+            .send()
+            .await
+            .map_err(|e| transport(&what, &e))?;
+        if !resp.status().is_success() {
+            let s = resp.status();
+            return Err(status_error(&what, s, &error_body(resp).await));
+        }
+        let cap =
+            skiff_proto::api::limits::MAX_ROOTS_PER_ANSWER * skiff_proto::root::limits::MAX_ENVELOPE_BYTES;
+        let body = read_capped(resp, cap)
+            .await
+            .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
+        let roots: Vec<Envelope> =
+            serde_json::from_slice(&body).map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
+        if roots.len() > skiff_proto::api::limits::MAX_ROOTS_PER_ANSWER {
+            return Err(SourceError::Unavailable(format!(
+                "{what}: {} roots in one answer, more than {}",
+                roots.len(),
+                skiff_proto::api::limits::MAX_ROOTS_PER_ANSWER
+            )));
+        }
+        Ok(roots)
+    }
+
     /// Sends reports (oldest first); Ok once the hub stored them.
     pub async fn send_reports(&self, reports: &[Report]) -> Result<ReportAck, SourceError> {
         let url = format!("{}/v1/clusters/{}/reports", self.hub()?, self.cluster);
@@ -345,16 +375,36 @@ pub type ImportStamp = (u64, std::time::SystemTime, u64, std::time::SystemTime);
 /// Files named `*.assignment.json` in the import folder (regular files within the
 /// assignment envelope cap), with their (size, mtime) stamp, sorted by name.
 pub fn scan_assignment_files(dir: &Path) -> Vec<(PathBuf, ImportStamp)> {
+    scan_files(
+        dir,
+        ".assignment.json",
+        skiff_proto::assignment::limits::MAX_ENVELOPE_BYTES as u64,
+    )
+}
+
+/// Files named `*.root.json` in the import folder (regular files within the root cap),
+/// with their stamp, sorted by name (at most the longest walk of them).
+pub fn scan_root_files(dir: &Path) -> Vec<(PathBuf, ImportStamp)> {
+    let mut files = scan_files(
+        dir,
+        ".root.json",
+        skiff_proto::root::limits::MAX_ENVELOPE_BYTES as u64,
+    );
+    files.truncate(skiff_proto::root::limits::MAX_WALK);
+    files
+}
+
+fn scan_files(dir: &Path, suffix: &str, cap: u64) -> Vec<(PathBuf, ImportStamp)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut out: Vec<(PathBuf, ImportStamp)> = entries
         .flatten()
         .take(10_000)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".assignment.json"))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
         .filter_map(|e| {
             let meta = std::fs::symlink_metadata(e.path()).ok()?;
-            let small = meta.len() <= skiff_proto::assignment::limits::MAX_ENVELOPE_BYTES as u64;
+            let small = meta.len() <= cap;
             let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
             (meta.is_file() && small).then(|| (e.path(), (meta.len(), mtime, 0, std::time::UNIX_EPOCH)))
         })

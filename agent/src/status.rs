@@ -15,7 +15,12 @@ fn from_store(dir: &Path) -> anyhow::Result<Value> {
         anyhow::bail!("the agent is running");
     }
     let store = Store::open(dir)?;
+    let root = store
+        .root()?
+        .and_then(|b| skiff_proto::root::read_envelope(&b).ok())
+        .and_then(|e| serde_json::from_slice::<skiff_proto::root::Root>(&e.payload_bytes().ok()?).ok());
     Ok(json!({
+        "trustRoot": root.map(|r| json!({"version": r.version, "expires": r.expires})),
         "assignment": store.assignment()?.map(|a| assignment_summary(&a.assignment)),
         "channels": store.channels()?,
         "outbox": store.outbox_len()?,
@@ -77,6 +82,12 @@ pub fn print(dir: &Path, json_output: bool) -> anyhow::Result<()> {
             } else {
                 format!(": {}", h.reason)
             }
+        );
+    }
+    if let Some(v) = status["trustRoot"]["version"].as_u64() {
+        println!(
+            "trust root: version {v}, expires {}",
+            status["trustRoot"]["expires"].as_str().unwrap_or("-")
         );
     }
     let a = &status["assignment"];

@@ -369,6 +369,16 @@ impl Store {
         }
     }
 
+    /// The newest trust root taken (its envelope JSON), if any.
+    pub fn root(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.meta("root")
+    }
+
+    /// Records a newly taken trust root.
+    pub fn put_root(&self, envelope_json: &[u8]) -> Result<(), StoreError> {
+        self.set_meta("root", envelope_json)
+    }
+
     /// Records a newly accepted assignment.
     pub fn put_assignment(&self, a: &StoredAssignment) -> Result<(), StoreError> {
         self.set_meta("assignment", &serde_json::to_vec(a).expect("serializes"))

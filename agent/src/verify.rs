@@ -105,6 +105,7 @@ impl StoredBundle {
     ) -> Result<(skiff_proto::statement::Statement, Self), String> {
         let envelope = skiff_proto::dsse::Envelope::from_json(envelope_json).map_err(|e| e.to_string())?;
         let statement = trust.verify_envelope(&envelope).map_err(|e| e.to_string())?;
+        trust.check_fresh(policy.now).map_err(|e| e.to_string())?;
         skiff_proto::verify::check_size(&statement, &policy.limits).map_err(|e| e.to_string())?;
         let open = || std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()));
         let (len, actual) = file_sha256(path, statement.bundle.size)

@@ -361,6 +361,11 @@ pub struct HubConfig {
     /// How assignments are signed and guarded.
     #[serde(default)]
     pub assignments: AssignmentConfig,
+    /// Folder of the trust root chain (`<version>.root.json`, from `skiff-hub root …`):
+    /// served to agents, which then trust what the newest root says (none: agents trust
+    /// the keys in their configs).
+    #[serde(default)]
+    pub trust_root: Option<PathBuf>,
     /// Maintenance windows per label group or cluster (none: newer generations apply at
     /// any time).
     #[serde(default)]

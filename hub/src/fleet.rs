@@ -274,6 +274,8 @@ struct State {
     assignments: HashMap<String, AssignmentRecord>,
     /// Each channel's rollout (for channels with a plan).
     rollouts: HashMap<String, crate::rollout::Rollout>,
+    /// The trust root chain served, oldest first (empty: no root).
+    roots: Vec<skiff_proto::dsse::Envelope>,
 }
 
 /// The fleet.
@@ -390,6 +392,7 @@ impl Fleet {
                 version: 0,
                 assignments: HashMap::new(),
                 rollouts: HashMap::new(),
+                roots: Vec::new(),
             }),
             store,
             channels,
@@ -526,6 +529,7 @@ impl Fleet {
             cluster: cluster.to_owned(),
             channels,
             assignment: state.assignments.get(cluster).map(|a| a.envelope.clone()),
+            root: state.roots.last().cloned(),
         })
         .expect("serializes");
         let etag = format!("\"{}\"", &Sha256Digest::of(&body).to_string()[..32]);
@@ -955,6 +959,29 @@ impl Fleet {
                     fetch_error: None,
                 }
             })
+            .collect()
+    }
+
+    /// Serves a trust root chain (oldest first, checked by the caller); agents are told at
+    /// once when its newest version changed.
+    pub fn set_roots(&self, chain: Vec<skiff_proto::dsse::Envelope>) {
+        let mut state = self.state.write().expect("fleet lock");
+        let newer = state.roots.last() != chain.last();
+        state.roots = chain;
+        if newer {
+            self.changed(&mut state);
+        }
+    }
+
+    /// The roots after `version`, oldest first, at most `limit`.
+    pub fn roots_after(&self, version: u64, limit: usize) -> Vec<skiff_proto::dsse::Envelope> {
+        let state = self.state.read().expect("fleet lock");
+        state
+            .roots
+            .iter()
+            .filter(|e| skiff_proto::root::peek_version(e).is_some_and(|v| v > version))
+            .take(limit)
+            .cloned()
             .collect()
     }
 

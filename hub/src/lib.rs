@@ -25,4 +25,5 @@ pub mod sign;
 pub mod sources;
 pub mod store;
 pub mod telemetry;
+pub mod trust;
 pub mod yaml;

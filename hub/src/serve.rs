@@ -40,6 +40,31 @@ pub async fn run(config: HubConfig, force_unassign: bool) -> anyhow::Result<()> 
         .with_maintenance(config.maintenance_windows.clone())
         .with_assignments(key.clone(), config.assignments.clone(), force_unassign)?,
     );
+    // The trust root chain: checked as agents check it, and the hub's key must be a signer.
+    let mut root_chain = None;
+    if let Some(dir) = &config.trust_root {
+        let chain = crate::trust::load_chain(dir).map_err(|e| anyhow::anyhow!("trust_root: {e}"))?;
+        let (newest, _) = chain.last().expect("a chain has a root");
+        crate::trust::check_signer(newest, &key.public_key())
+            .map_err(|e| anyhow::anyhow!("trust_root: {e}"))?;
+        if let Err(e) = newest.check_fresh(skiff_proto::statement::Timestamp::now()) {
+            warn!(error = %e, "The newest trust root has expired: agents accept nothing new until a newer root is served");
+        }
+        for (channel, role) in crate::trust::needs_more_signers(newest, &key.public_key()) {
+            warn!(
+                channel,
+                threshold = role.threshold,
+                "The trust root asks more signatures for this channel than the hub's key gives: agents refuse its bundles until the other signers sign"
+            );
+        }
+        info!(version = newest.version, roots = chain.len(), expires = %newest.expires, "Serving trust root");
+        fleet.set_roots(chain.iter().map(|(_, e)| e.clone()).collect());
+        root_chain = Some(chain.len());
+        let resigned = crate::trust::resign_current(&fleet, &config.channels, &key)?;
+        if !resigned.is_empty() {
+            info!(channels = ?resigned, "Signed the current bundles again with the hub's key");
+        }
+    }
     let metrics = Arc::new(Metrics::default());
     let sources = Arc::new(Sources::new(
         config.clone(),
@@ -87,6 +112,9 @@ pub async fn run(config: HubConfig, force_unassign: bool) -> anyhow::Result<()> 
     sources.spawn();
 
     let flusher = fleet.clone();
+    let flusher_root_dir = config.trust_root.clone();
+    let flusher_key = key.public_key();
+    let mut root_len = root_chain;
     let mut flush_stop = shutdown_rx.clone();
     let flush_task = tokio::spawn(async move {
         loop {
@@ -97,6 +125,25 @@ pub async fn run(config: HubConfig, force_unassign: bool) -> anyhow::Result<()> 
             let f = flusher.clone();
             if let Ok(Err(error)) = tokio::task::spawn_blocking(move || f.flush_seen()).await {
                 warn!(%error, "Saving last-seen times failed");
+            }
+            // A newer root dropped into the folder is served without a restart.
+            if let Some(dir) = &flusher_root_dir {
+                match crate::trust::load_chain(dir) {
+                    Ok(chain) if Some(chain.len()) != root_len => {
+                        let newest = &chain.last().expect("one").0;
+                        if let Err(e) = crate::trust::check_signer(newest, &flusher_key) {
+                            warn!(error = %e, "New trust root not served");
+                        } else {
+                            info!(version = newest.version, "Serving a newer trust root");
+                            root_len = Some(chain.len());
+                            flusher.set_roots(chain.into_iter().map(|(_, e)| e).collect());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(error = %e, "Trust root folder unreadable; serving the chain read before")
+                    }
+                }
             }
             // Assignments that expire are signed again when half their life has passed.
             let f = flusher.clone();

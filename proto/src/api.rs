@@ -35,6 +35,8 @@ pub mod limits {
     pub const MAX_MESSAGE_CHARS: usize = 4096;
     /// Most drifted objects, object errors, or paths per drifted object in one report.
     pub const MAX_REPORT_ITEMS: usize = 200;
+    /// Most trust roots in one `GET /v1/roots?after=N` answer (a longer chain takes several).
+    pub const MAX_ROOTS_PER_ANSWER: usize = 64;
 }
 
 /// Everything a cluster should run: one entry per channel that targets it.
@@ -48,6 +50,10 @@ pub struct Desired {
     /// generation, with which values. Agents check it; the list above is only a hint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment: Option<Envelope>,
+    /// The newest trust root (`FORMAT.md` §9), when the hub has one: an agent behind it
+    /// fetches the versions in between (`/v1/roots?after=N`) and walks the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Envelope>,
 }
 
 /// One channel's current bundle.

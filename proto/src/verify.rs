@@ -49,6 +49,10 @@ pub struct Accepted {
     pub digest: Sha256Digest,
 }
 
+/// A payload whose signatures were checked: its bytes, the keys that signed it, and a note
+/// per signature that did not count.
+type SignedPayload = (Vec<u8>, BTreeSet<String>, Vec<String>);
+
 /// Most signatures an envelope may carry.
 pub const MAX_SIGNATURES: usize = 16;
 
@@ -240,6 +244,15 @@ impl TrustSet {
         }
     }
 
+    /// Whether a threshold of these keys signed `envelope` (whatever it holds): how the keys
+    /// an agent trusted before roots vouch for its first root.
+    pub fn vouches_for(&self, envelope: &Envelope) -> bool {
+        let Ok(payload) = envelope.payload_bytes() else {
+            return false;
+        };
+        crate::root::valid_signers(envelope, &payload, &self.keys).0.len() >= self.threshold
+    }
+
     /// The root this trust comes from, if any.
     pub fn root(&self) -> Option<&Root> {
         self.root.as_ref()
@@ -326,7 +339,7 @@ impl TrustSet {
         &self,
         envelope: &Envelope,
         expected: &'static str,
-    ) -> Result<(Vec<u8>, BTreeSet<String>, Vec<String>), VerifyError> {
+    ) -> Result<SignedPayload, VerifyError> {
         // Step 2.
         if envelope.payload_type != expected {
             return Err(VerifyError::WrongPayloadType {

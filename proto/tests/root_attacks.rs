@@ -107,7 +107,7 @@ fn versions_are_walked_one_at_a_time_and_never_go_back() {
         Err(RootError::VersionSkipped { current: 1, found: 3 })
     );
     assert!(matches!(
-        walk(&v1, &[e3.clone()]),
+        walk(&v1, std::slice::from_ref(&e3)),
         Err(RootError::VersionSkipped { .. })
     ));
     // The whole chain, in any order: each step checked.

@@ -189,10 +189,11 @@ impl Agent {
         envelope: &Envelope,
     ) -> anyhow::Result<TakenAssignment> {
         let stored = self.store.assignment()?;
-        let checked = self.trust.verify_assignment(envelope).and_then(|(a, digest)| {
+        let checked = self.trust().verify_assignment(envelope).and_then(|(a, digest)| {
             if stored.as_ref().is_some_and(|s| s.digest == digest) {
                 return Ok(None);
             }
+            self.trust().check_fresh(Timestamp::now())?;
             a.check_for(
                 &self.config.cluster,
                 &digest,

@@ -254,6 +254,31 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlotReader<R> {
     }
 }
 
+/// `GET /v1/roots?after=N`: the trust roots after version N, oldest first (a page).
+pub async fn roots(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<RootsQuery>,
+) -> Response {
+    if let Err(r) = caller(&state, &headers) {
+        return r.into_response();
+    }
+    axum::Json(
+        state
+            .fleet
+            .roots_after(q.after, skiff_proto::api::limits::MAX_ROOTS_PER_ANSWER),
+    )
+    .into_response()
+}
+
+/// `GET /v1/roots` query.
+#[derive(Debug, serde::Deserialize)]
+pub struct RootsQuery {
+    /// Roots after this version.
+    #[serde(default)]
+    pub after: u64,
+}
+
 /// `GET /v1/bundles/{sha256}`: streamed from the blob file (never held whole in memory),
 /// honouring `Range`; each cluster runs at most `limits.downloads_per_cluster` at once.
 pub async fn bundle(

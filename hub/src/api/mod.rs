@@ -69,6 +69,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/clusters/{cluster}/desired", get(agent::desired))
         .route("/v1/clusters/{cluster}/reports", post(agent::reports))
         .route("/v1/bundles/{sha256}", get(agent::bundle))
+        .route("/v1/roots", get(agent::roots))
         .route("/v1/hooks/git/{repo}", post(hooks::git))
         .route(
             "/v1/admin/clusters",

@@ -553,7 +553,29 @@ pub(super) async fn export(hub: &HubArgs, cluster: &str, out: &Path) -> anyhow::
     if desired.channels.is_empty() {
         eprintln!("no channel targets cluster {cluster}; nothing to export");
     }
-    // The assignment first: an agent reading the folder takes it before the bundles.
+    // The trust roots first (they decide whose signatures count), every version: an
+    // air-gapped agent walks them one at a time from whichever it has.
+    if desired.root.is_some() {
+        let mut after = 0u64;
+        loop {
+            let page: Vec<skiff_proto::dsse::Envelope> = client
+                .json(Method::GET, &format!("/v1/roots?after={after}"), None)
+                .await?;
+            let Some(last) = page.last().and_then(skiff_proto::root::peek_version) else {
+                break;
+            };
+            for e in &page {
+                let v = skiff_proto::root::peek_version(e).unwrap_or_default();
+                write_atomic(&out.join(format!("{v}.root.json")), &e.to_json())?;
+            }
+            eprintln!("wrote trust roots up to version {last}");
+            if page.len() < skiff_proto::api::limits::MAX_ROOTS_PER_ANSWER {
+                break;
+            }
+            after = last;
+        }
+    }
+    // The assignment next: an agent reading the folder takes it before the bundles.
     if let Some(assignment) = &desired.assignment {
         let path = out.join(format!("{cluster}.assignment.json"));
         write_atomic(&path, &assignment.to_json())?;

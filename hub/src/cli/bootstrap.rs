@@ -40,6 +40,8 @@ struct Agent {
     ca: Option<String>,
     /// The channels that target the cluster now.
     channels: Vec<String>,
+    /// The hub's newest trust root: the agent starts from it instead of a key list.
+    root: Option<String>,
 }
 
 async fn register(hub: &HubArgs, name: &str, labels: &BTreeMap<String, String>) -> anyhow::Result<String> {
@@ -72,11 +74,14 @@ fn agent_yaml(a: &Agent, token_file: &str, dir: &str, kube: bool) -> String {
     let keys: Vec<String> = (0..a.keys.len())
         .map(|i| format!("{dir}/{}", key_file(i)))
         .collect();
+    // With a trust root, the agent starts from it (and follows newer roots); else the keys.
+    let trust = match &a.root {
+        Some(_) => format!("trust_root: {dir}/root.json"),
+        None => format!("trusted_keys: [{}]", keys.join(", ")),
+    };
     let mut y = format!(
-        "hub: {}\ncluster: {}\ntoken_file: {token_file}\ntrusted_keys: [{}]\ndata_dir: /var/lib/skiff-agent\n",
-        a.url,
-        a.cluster,
-        keys.join(", ")
+        "hub: {}\ncluster: {}\ntoken_file: {token_file}\n{trust}\ndata_dir: /var/lib/skiff-agent\n",
+        a.url, a.cluster,
     );
     if a.ca.is_some() {
         y.push_str(&format!("ca_file: {dir}/ca.crt\n"));
@@ -134,6 +139,9 @@ fn manifest(a: &Agent) -> anyhow::Result<String> {
                 for (i, k) in a.keys.iter().enumerate() {
                     data.insert(key_file(i), json!(k));
                 }
+                if let Some(root) = &a.root {
+                    data.insert("root.json".into(), json!(root));
+                }
                 if let Some(ca) = &a.ca {
                     data.insert("ca.crt".into(), json!(ca));
                 }
@@ -162,6 +170,9 @@ fn systemd_files(a: &Agent) -> Vec<(String, u32, String)> {
     ];
     for (i, k) in a.keys.iter().enumerate() {
         files.push((format!("/etc/skiff/{}", key_file(i)), 0o644, k.clone()));
+    }
+    if let Some(root) = &a.root {
+        files.push(("/etc/skiff/root.json".to_owned(), 0o644, root.clone()));
     }
     if let Some(ca) = &a.ca {
         files.push(("/etc/skiff/ca.crt".to_owned(), 0o644, ca.clone()));
@@ -269,6 +280,9 @@ pub async fn bootstrap(
         keys: trust.public_keys,
         ca: trust.ca,
         channels: desired.channels.into_iter().map(|c| c.channel).collect(),
+        root: desired
+            .root
+            .map(|e| String::from_utf8_lossy(&e.to_json()).into_owned()),
     };
     match format {
         BootstrapFormat::Kube => {

@@ -16,8 +16,10 @@ use crate::config::{HubConfig, Overrides, RenderMode};
 mod admin;
 mod bootstrap;
 mod rollout;
+mod root;
 use crate::sign::{PUBLIC_KEY_FILE, SIGNING_KEY_FILE, keygen};
 pub use rollout::RolloutCommand;
+pub use root::RootCommand;
 
 /// The skiff hub: turns Git commits into signed, reproducible bundles for a fleet of clusters.
 #[derive(Debug, Parser)]
@@ -88,6 +90,10 @@ pub enum Command {
     /// abort.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// The trust root chain agents follow (files only: run it where the root keys are,
+    /// offline): init, rotate (add or revoke signers, change root keys), sign, show.
+    #[command(subcommand)]
+    Root(RootCommand),
 }
 
 /// Where the running hub is, for admin commands.
@@ -478,6 +484,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             (None, None) => unreachable!("clap requires --cluster or --channel"),
         },
         Command::Rollout(c) => runtime()?.block_on(rollout::run(c)),
+        Command::Root(c) => root::run(c),
         Command::Report(ReportCommand::Import { hub, file }) => {
             runtime()?.block_on(admin::import(&hub, &file))
         }

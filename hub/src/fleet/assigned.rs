@@ -87,6 +87,7 @@ impl Fleet {
         pick: impl Fn(&str) -> bool,
     ) -> Result<usize, FleetError> {
         let Some(key) = &self.signer else { return Ok(0) };
+        let keyid = key.public_key().keyid();
         let now = Timestamp::now();
         let now_millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -110,7 +111,9 @@ impl Fleet {
                 (None, None) => false,
                 _ => true, // the expiry setting changed
             };
-            if previous.is_some_and(|p| p.content == content && !renew(p)) {
+            // Signed again also when the hub's key changed (a root may revoke the old one).
+            let ours = |p: &AssignmentRecord| p.envelope.signatures.iter().any(|s| s.keyid == keyid);
+            if previous.is_some_and(|p| p.content == content && !renew(p) && ours(p)) {
                 continue;
             }
             a.sequence = assign::next_sequence(previous.map(|p| p.sequence), now_millis);
