@@ -175,6 +175,24 @@ impl Root {
     /// Checks the shape: type, version, times, keys (each parses and its id is its digest),
     /// roles (known keys, a threshold they can reach), caps.
     pub fn check_shape(&self) -> Result<(), RootError> {
+        self.checked_keys().map(|_| ())
+    }
+
+    /// [`Self::check_shape`], returning the keys decoded (each once).
+    fn checked_keys(&self) -> Result<BTreeMap<String, PublicKey>, RootError> {
+        let mut decoded = BTreeMap::new();
+        for (id, text) in &self.keys {
+            let key = decode_base64("keys", text)
+                .ok()
+                .and_then(|b| PublicKey::from_bytes(&b).ok());
+            match key {
+                Some(k) if k.keyid() == *id => {
+                    decoded.insert(id.clone(), k);
+                }
+                Some(_) => return malformed(format!("key {id:?}: its id is not the SHA-256 of the key")),
+                None => return malformed(format!("key {id:?}: not a base64 Ed25519 public key")),
+            }
+        }
         if self.root_type != ROOT_TYPE {
             return malformed(format!("_type is {:?}, expected {ROOT_TYPE:?}", self.root_type));
         }
@@ -201,16 +219,6 @@ impl Root {
                 limits::MAX_CHANNEL_ROLES
             ));
         }
-        for (id, text) in &self.keys {
-            let key = decode_base64("keys", text)
-                .ok()
-                .and_then(|b| PublicKey::from_bytes(&b).ok());
-            match key {
-                Some(k) if k.keyid() == *id => {}
-                Some(_) => return malformed(format!("key {id:?}: its id is not the SHA-256 of the key")),
-                None => return malformed(format!("key {id:?}: not a base64 Ed25519 public key")),
-            }
-        }
         let mut roles: Vec<(String, &Role)> = vec![
             ("root".to_owned(), &self.root),
             ("bundles".to_owned(), &self.bundles),
@@ -234,7 +242,7 @@ impl Root {
                 ));
             }
         }
-        Ok(())
+        Ok(decoded)
     }
 
     /// Whether it has expired at `now`.
@@ -257,10 +265,27 @@ pub(crate) fn valid_signers(
     payload: &[u8],
     keys: &BTreeMap<String, PublicKey>,
 ) -> (BTreeSet<String>, Vec<String>) {
+    valid_signers_known(envelope, payload, keys, &BTreeMap::new())
+}
+
+/// [`valid_signers`], counting without verifying again a key already found valid on this
+/// envelope (`known`: key id → the key that verified).
+fn valid_signers_known(
+    envelope: &Envelope,
+    payload: &[u8],
+    keys: &BTreeMap<String, PublicKey>,
+    known: &BTreeMap<String, PublicKey>,
+) -> (BTreeSet<String>, Vec<String>) {
     let message = pae(&envelope.payload_type, payload);
     let mut valid = BTreeSet::new();
     let mut notes = Vec::new();
     for signature in envelope.signatures.iter().take(MAX_SIGNATURES) {
+        if let (Some(k), Some(seen)) = (keys.get(&signature.keyid), known.get(&signature.keyid))
+            && k.as_bytes() == seen.as_bytes()
+        {
+            valid.insert(signature.keyid.clone());
+            continue;
+        }
         let short: String = signature.keyid.chars().take(12).collect();
         let Ok(sig) = decode_base64("signatures[].sig", &signature.sig) else {
             notes.push(format!("{short}: sig is not base64"));
@@ -312,10 +337,20 @@ fn envelope_payload(envelope: &Envelope) -> Result<Vec<u8>, RootError> {
         .map_err(|e| RootError::Malformed(e.to_string()))
 }
 
-fn parse(payload: &[u8]) -> Result<Root, RootError> {
+/// A root with its keys decoded.
+type Decoded = (Root, BTreeMap<String, PublicKey>);
+
+fn parse(payload: &[u8]) -> Result<Decoded, RootError> {
     let root: Root = serde_json::from_slice(payload).map_err(|e| RootError::Malformed(e.to_string()))?;
-    root.check_shape()?;
-    Ok(root)
+    let keys = root.checked_keys()?;
+    Ok((root, keys))
+}
+
+fn role_of(role: &Role, keys: &BTreeMap<String, PublicKey>) -> BTreeMap<String, PublicKey> {
+    role.keys
+        .iter()
+        .filter_map(|id| Some((id.clone(), keys.get(id)?.clone())))
+        .collect()
 }
 
 /// Reads a root envelope's JSON within its cap.
@@ -330,8 +365,8 @@ pub fn read_envelope(bytes: &[u8]) -> Result<Envelope, RootError> {
 /// be a well-formed root signed by a threshold of its own root keys.
 pub fn verify_initial(envelope: &Envelope) -> Result<Root, RootError> {
     let payload = envelope_payload(envelope)?;
-    let root = parse(&payload)?;
-    let (valid, notes) = valid_signers(envelope, &payload, &root.role_keys(&root.root));
+    let (root, keys) = parse(&payload)?;
+    let (valid, notes) = valid_signers(envelope, &payload, &role_of(&root.root, &keys));
     meets(&root.root, &valid, &notes).map_err(|detail| RootError::NotSignedBySelf {
         version: root.version,
         detail,
@@ -344,8 +379,19 @@ pub fn verify_initial(envelope: &Envelope) -> Result<Root, RootError> {
 /// root keys. Expiry is not checked here: an expired root in the middle of a chain is still
 /// a valid step; only the newest must be fresh ([`Root::check_fresh`]).
 pub fn verify_next(current: &Root, envelope: &Envelope) -> Result<Root, RootError> {
+    let keys = current.checked_keys()?;
+    next_step(current, &keys, envelope).map(|(r, _)| r)
+}
+
+/// [`verify_next`] with the current root's keys decoded; returns the next root's.
+fn next_step(
+    current: &Root,
+    current_keys: &BTreeMap<String, PublicKey>,
+    envelope: &Envelope,
+) -> Result<Decoded, RootError> {
     let payload = envelope_payload(envelope)?;
-    let (valid, notes) = valid_signers(envelope, &payload, &current.role_keys(&current.root));
+    let old_role = role_of(&current.root, current_keys);
+    let (valid, notes) = valid_signers(envelope, &payload, &old_role);
     if let Err(detail) = meets(&current.root, &valid, &notes) {
         // Name the version offered when it can be read (it is not trusted for anything else).
         let version = peek_version(envelope).unwrap_or(0);
@@ -361,7 +407,7 @@ pub fn verify_next(current: &Root, envelope: &Envelope) -> Result<Root, RootErro
             detail,
         });
     }
-    let next = parse(&payload)?;
+    let (next, next_keys) = parse(&payload)?;
     if next.version <= current.version {
         return Err(RootError::Rollback {
             offered: next.version,
@@ -374,12 +420,17 @@ pub fn verify_next(current: &Root, envelope: &Envelope) -> Result<Root, RootErro
             found: next.version,
         });
     }
-    let (valid, notes) = valid_signers(envelope, &payload, &next.role_keys(&next.root));
+    // Root keys that stay are not verified twice on the same envelope.
+    let seen: BTreeMap<String, PublicKey> = old_role
+        .into_iter()
+        .filter(|(id, _)| valid.contains(id))
+        .collect();
+    let (valid, notes) = valid_signers_known(envelope, &payload, &role_of(&next.root, &next_keys), &seen);
     meets(&next.root, &valid, &notes).map_err(|detail| RootError::NotSignedBySelf {
         version: next.version,
         detail,
     })?;
-    Ok(next)
+    Ok((next, next_keys))
 }
 
 /// The version a root envelope claims, read without trusting it (to order a chain).
@@ -407,6 +458,7 @@ pub fn walk(current: &Root, chain: &[Envelope]) -> Result<Vec<(Root, Envelope)>,
         }
     }
     let mut taken: Vec<(Root, Envelope)> = Vec::new();
+    let mut trusted_keys = current.checked_keys()?;
     for _ in 0..limits::MAX_WALK {
         let trusted = taken.last().map_or(current, |(r, _)| r);
         let Some(e) = by_version.get(&(trusted.version + 1)) else {
@@ -423,7 +475,8 @@ pub fn walk(current: &Root, chain: &[Envelope]) -> Result<Vec<(Root, Envelope)>,
             }
             break;
         };
-        let next = verify_next(trusted, e)?;
+        let (next, keys) = next_step(trusted, &trusted_keys, e)?;
+        trusted_keys = keys;
         taken.push((next, (*e).clone()));
     }
     Ok(taken)
