@@ -349,7 +349,7 @@ fn parse(payload: &[u8]) -> Result<Decoded, RootError> {
 fn role_of(role: &Role, keys: &BTreeMap<String, PublicKey>) -> BTreeMap<String, PublicKey> {
     role.keys
         .iter()
-        .filter_map(|id| Some((id.clone(), keys.get(id)?.clone())))
+        .filter_map(|id| Some((id.clone(), *keys.get(id)?)))
         .collect()
 }
 
