@@ -304,3 +304,90 @@ fn a_fleet_rotates_and_revokes_the_hub_key_online_and_across_an_air_gap() {
     assert_eq!(root_version(&sites[0].data), Some(3));
     assert!(!p.log().contains("Trust root updated to version 1"));
 }
+
+#[test]
+fn a_prod_generation_waits_for_the_second_signature_and_is_applied_only_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (r1, r1_pub) = keygen(&tmp.path().join("root-1"));
+    let hub_dir = tmp.path().join("hub");
+    let (_, a_pub) = keygen(&hub_dir.join("keys"));
+    let (rm, rm_pub) = keygen(&tmp.path().join("release-manager"));
+    let (stranger, _) = keygen(&tmp.path().join("stranger"));
+    let roots = tmp.path().join("roots");
+    let prod = format!("prod={},{}:2", s(&a_pub), s(&rm_pub));
+    run_bin(
+        "skiff-hub",
+        &[
+            "root",
+            "init",
+            "--dir",
+            s(&roots),
+            "--root-key",
+            s(&r1_pub),
+            "--signer",
+            s(&a_pub),
+            "--channel",
+            &prod,
+            "--sign",
+            s(&r1),
+        ],
+    )
+    .success();
+    let repo = skiff_tests::GitRepo::init(&tmp.path().join("fleet"));
+    repo.write("apps/app.yaml", cm("v1"));
+    repo.commit_all("v1");
+    let config = format!(
+        "trust_root: {}\nrepos:\n  - {{name: fleet, url: \"{}\", poll: 1s}}\nchannels:\n  - {{name: prod, repo: fleet, branch: main, path: apps, namespace: demo, targets: {{labels: {{tier: shop}}}}}}\n",
+        roots.display(),
+        repo.path().display()
+    );
+    let hub = HubProcess::start(&hub_dir, &config);
+    let token = hub.add_cluster("shop-0", &["tier=shop"]);
+    let dir = tmp.path().join("shop-0");
+    let out = tmp.path().join("shop-0-out");
+    let config = write_config(
+        &dir,
+        "shop-0",
+        &a_pub,
+        &format!("dir:{}", out.display()),
+        &format!("hub: {}\ntoken: {token}\n", hub.url()),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            &format!("trusted_keys: [{}]", a_pub.display()),
+            &format!("trust_root: {}", roots.join("1.root.json").display()),
+        ),
+    )
+    .unwrap();
+    let site = AgentProcess::start(&config);
+    let prod_file = || out.join("prod/demo/configmap.app.yaml");
+    // Built and signed by the hub, it waits: status says for whom; nothing reaches the site.
+    assert!(
+        wait_for(WAIT, || hub
+            .admin(&["status"])
+            .success()
+            .stdout
+            .contains("waits for 1 more signature")),
+        "{}",
+        hub.log()
+    );
+    let status = hub.admin(&["status"]).success().stdout;
+    let rm_id = skiff_proto::keys::PublicKey::load(&rm_pub).unwrap().keyid();
+    assert!(status.contains(&rm_id[..16]), "{status}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!prod_file().exists(), "{}", site.log());
+    // A key that is not a prod signer is refused, and changes nothing.
+    let refused = hub.admin(&["sign", "--channel", "prod", "--key", s(&stranger)]);
+    assert_ne!(refused.code, Some(0));
+    assert!(refused.stderr.contains("not a signer"), "{}", refused.stderr);
+    // The release manager signs: generation 1 is served and applied.
+    let signed = hub
+        .admin(&["sign", "--channel", "prod", "--key", s(&rm), "--generation", "1"])
+        .success();
+    assert!(signed.stdout.contains("is served"), "{}", signed.stdout);
+    assert!(wait_for(WAIT, || prod_file().exists()), "{}", site.log());
+    let text = std::fs::read_to_string(prod_file()).unwrap();
+    assert!(text.contains("v1"), "{text}");
+}

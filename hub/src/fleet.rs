@@ -276,6 +276,8 @@ struct State {
     rollouts: HashMap<String, crate::rollout::Rollout>,
     /// The trust root chain served, oldest first (empty: no root).
     roots: Vec<skiff_proto::dsse::Envelope>,
+    /// The newest of them.
+    root: Option<skiff_proto::root::Root>,
 }
 
 /// The fleet.
@@ -393,6 +395,7 @@ impl Fleet {
                 assignments: HashMap::new(),
                 rollouts: HashMap::new(),
                 roots: Vec::new(),
+                root: None,
             }),
             store,
             channels,
@@ -964,13 +967,31 @@ impl Fleet {
 
     /// Serves a trust root chain (oldest first, checked by the caller); agents are told at
     /// once when its newest version changed.
-    pub fn set_roots(&self, chain: Vec<skiff_proto::dsse::Envelope>) {
+    pub fn set_roots(&self, chain: Vec<(skiff_proto::root::Root, skiff_proto::dsse::Envelope)>) {
         let mut state = self.state.write().expect("fleet lock");
-        let newer = state.roots.last() != chain.last();
-        state.roots = chain;
+        let newer = state.roots.last() != chain.last().map(|(_, e)| e);
+        state.root = chain.last().map(|(r, _)| r.clone());
+        state.roots = chain.into_iter().map(|(_, e)| e).collect();
         if newer {
             self.changed(&mut state);
         }
+    }
+
+    /// Under the newest trust root, the signers `channel`'s bundles need when `key` alone
+    /// does not meet their threshold (two-person rule); None when it does, or without a root.
+    pub fn more_signers_needed(
+        &self,
+        channel: &str,
+        key: &skiff_proto::keys::PublicKey,
+    ) -> Option<skiff_proto::root::Role> {
+        let state = self.state.read().expect("fleet lock");
+        let role = state.root.as_ref()?.bundle_role(channel);
+        (usize::from(role.keys.contains(&key.keyid())) < role.threshold).then(|| role.clone())
+    }
+
+    /// The newest trust root served, if any.
+    pub fn newest_root(&self) -> Option<skiff_proto::root::Root> {
+        self.state.read().expect("fleet lock").root.clone()
     }
 
     /// The roots after `version`, oldest first, at most `limit`.

@@ -58,7 +58,7 @@ pub async fn run(config: HubConfig, force_unassign: bool) -> anyhow::Result<()> 
             );
         }
         info!(version = newest.version, roots = chain.len(), expires = %newest.expires, "Serving trust root");
-        fleet.set_roots(chain.iter().map(|(_, e)| e.clone()).collect());
+        fleet.set_roots(chain.clone());
         root_chain = Some(chain.len());
         let resigned = crate::trust::resign_current(&fleet, &config.channels, &key)?;
         if !resigned.is_empty() {
@@ -136,7 +136,7 @@ pub async fn run(config: HubConfig, force_unassign: bool) -> anyhow::Result<()> 
                         } else {
                             info!(version = newest.version, "Serving a newer trust root");
                             root_len = Some(chain.len());
-                            flusher.set_roots(chain.into_iter().map(|(_, e)| e).collect());
+                            flusher.set_roots(chain);
                         }
                     }
                     Ok(_) => {}

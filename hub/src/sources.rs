@@ -342,6 +342,28 @@ impl Sources {
             self.fail(channel, record, commit, format!("storing bundle: {error}"));
             return;
         }
+        // Two-person rule: the root wants more signers for this channel than the hub's key.
+        if let Some(role) = self
+            .fleet
+            .more_signers_needed(&channel.name, &self.key.public_key())
+        {
+            let generation = built.statement.generation;
+            record.pending = Some(crate::store::PendingBuild {
+                generation,
+                sha256: digest,
+                size: built.tarball.len() as u64,
+                commit: Some(commit.clone()),
+                envelope: built.envelope,
+                content: Some(content),
+                built: Timestamp::now(),
+            });
+            warn!(channel = %channel.name, generation, commit = %commit, threshold = role.threshold, "Bundle built and signed by the hub; the trust root wants more signatures for this channel: it waits for `skiff-hub sign --channel {}`", channel.name);
+            if let Err(error) = self.fleet.set_channel(&channel.name, record) {
+                warn!(%error, channel = %channel.name, "Recording the waiting bundle failed");
+            }
+            return;
+        }
+        record.pending = None;
         record.keep_current();
         record.generation = built.statement.generation;
         record.sha256 = Some(digest);

@@ -101,6 +101,30 @@ pub struct ChannelRecord {
     /// first, at most [`PREVIOUS_KEPT`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous: Vec<Served>,
+    /// A newer generation built and signed by the hub that the trust root wants more
+    /// signatures on (two-person rule): served once `skiff-hub sign` adds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingBuild>,
+}
+
+/// A generation waiting for signatures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingBuild {
+    /// Its generation.
+    pub generation: u64,
+    /// Bundle digest (the blob is stored).
+    pub sha256: Sha256Digest,
+    /// Bundle size.
+    pub size: u64,
+    /// Source commit.
+    pub commit: Option<String>,
+    /// Its statement with the signatures so far.
+    pub envelope: Envelope,
+    /// Digest of its rendered content.
+    pub content: Option<Sha256Digest>,
+    /// When it was built.
+    pub built: Timestamp,
 }
 
 /// Earlier generations a channel keeps serving to pinned clusters.

@@ -78,6 +78,12 @@ pub fn check_signer(root: &Root, key: &PublicKey) -> Result<(), String> {
             ));
         }
     }
+    if root.assignments.threshold > 1 {
+        return Err(format!(
+            "trust root version {} wants {} signatures on assignments: the hub signs them alone, as labels, values, pins and rollout steps change; keep the assignments threshold at 1 (two-person rules apply to bundles, per channel)",
+            root.version, root.assignments.threshold
+        ));
+    }
     Ok(())
 }
 
@@ -134,4 +140,169 @@ pub fn resign_current(
         out.push(c.name.clone());
     }
     Ok(out)
+}
+
+/// A generation waiting for signatures, as `status` and `skiff-hub sign` see it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Waiting {
+    /// The channel.
+    pub channel: String,
+    /// The generation.
+    pub generation: u64,
+    /// Source commit.
+    pub commit: Option<String>,
+    /// Bundle digest.
+    pub sha256: skiff_proto::Sha256Digest,
+    /// The statement with its signatures so far (what a signer signs).
+    pub envelope: Envelope,
+    /// Signatures the channel needs.
+    pub threshold: usize,
+    /// Key ids of the channel's signers that signed.
+    pub signed: Vec<String>,
+    /// Key ids of the channel's signers that did not yet.
+    pub missing: Vec<String>,
+    /// Whether it is served now (enough signatures).
+    #[serde(default)]
+    pub served: bool,
+}
+
+fn waiting_of(channel: &str, p: &crate::store::PendingBuild, role: &root::Role, root: &Root) -> Waiting {
+    let payload = p.envelope.payload_bytes().unwrap_or_default();
+    let message = skiff_proto::dsse::pae(&p.envelope.payload_type, &payload);
+    let signed: Vec<String> = role
+        .keys
+        .iter()
+        .filter(|id| {
+            p.envelope.signatures.iter().any(|s| {
+                s.keyid == **id
+                    && root.public_key(id).is_some_and(|k| {
+                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &s.sig)
+                            .is_ok_and(|sig| k.verify(&message, &sig))
+                    })
+            })
+        })
+        .cloned()
+        .collect();
+    Waiting {
+        channel: channel.to_owned(),
+        generation: p.generation,
+        commit: p.commit.clone(),
+        sha256: p.sha256,
+        envelope: p.envelope.clone(),
+        threshold: role.threshold,
+        missing: role
+            .keys
+            .iter()
+            .filter(|k| !signed.contains(k))
+            .cloned()
+            .collect(),
+        signed,
+        served: false,
+    }
+}
+
+/// Every generation waiting for signatures.
+pub fn waiting(fleet: &Fleet) -> Vec<Waiting> {
+    let Some(root) = fleet.newest_root() else {
+        return Vec::new();
+    };
+    fleet
+        .channel_configs()
+        .iter()
+        .filter_map(|c| {
+            let p = fleet.channel(&c.name)?.pending?;
+            Some(waiting_of(&c.name, &p, root.bundle_role(&c.name), &root))
+        })
+        .collect()
+}
+
+/// Adds a signature (by one of the channel's signers under the newest root) to the
+/// generation of `channel` that waits; once enough signed, that generation is served.
+pub fn add_signature(
+    fleet: &Fleet,
+    channel: &str,
+    generation: u64,
+    signature: skiff_proto::dsse::Signature,
+) -> Result<Waiting, FleetError> {
+    let invalid = |m: String| Err(FleetError::Invalid(m));
+    let Some(root) = fleet.newest_root() else {
+        return invalid("the hub serves no trust root: nothing waits for signatures".to_owned());
+    };
+    let Some(mut record) = fleet.channel(channel) else {
+        return invalid(format!("channel {channel:?} is not configured"));
+    };
+    let Some(mut pending) = record.pending.clone() else {
+        return invalid(format!(
+            "channel {channel:?} has no generation waiting for signatures"
+        ));
+    };
+    if pending.generation != generation {
+        return invalid(format!(
+            "channel {channel:?}: generation {} waits, not {generation} (a newer commit replaced it: sign that one)",
+            pending.generation
+        ));
+    }
+    let role = root.bundle_role(channel).clone();
+    let Some(key) = role
+        .keys
+        .contains(&signature.keyid)
+        .then(|| root.public_key(&signature.keyid))
+        .flatten()
+    else {
+        return invalid(format!(
+            "key {} is not a signer of channel {channel:?} under trust root version {}",
+            signature.keyid.chars().take(16).collect::<String>(),
+            root.version
+        ));
+    };
+    let payload = pending
+        .envelope
+        .payload_bytes()
+        .map_err(|e| FleetError::Invalid(e.to_string()))?;
+    let message = skiff_proto::dsse::pae(&pending.envelope.payload_type, &payload);
+    let sig = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &signature.sig)
+        .map_err(|e| FleetError::Invalid(format!("signature is not base64: {e}")))?;
+    if !key.verify(&message, &sig) {
+        return invalid(format!(
+            "the signature by {} does not verify over generation {generation} of channel {channel:?}",
+            &signature.keyid[..16.min(signature.keyid.len())]
+        ));
+    }
+    if !pending
+        .envelope
+        .signatures
+        .iter()
+        .any(|s| s.keyid == signature.keyid)
+    {
+        pending.envelope.signatures.push(signature);
+    }
+    let mut status = waiting_of(channel, &pending, &role, &root);
+    if status.signed.len() >= role.threshold {
+        tracing::info!(
+            channel,
+            generation,
+            "Enough signatures: the waiting generation is served"
+        );
+        record.keep_current();
+        record.generation = pending.generation;
+        record.sha256 = Some(pending.sha256);
+        record.size = pending.size;
+        record.commit = pending.commit.clone();
+        record.envelope = Some(pending.envelope.clone());
+        record.content = pending.content;
+        record.updated = Some(Timestamp::now());
+        record.pending = None;
+        status.served = true;
+    } else {
+        tracing::info!(
+            channel,
+            generation,
+            missing = status.threshold - status.signed.len(),
+            "Signature added; the generation still waits"
+        );
+        record.pending = Some(pending);
+    }
+    fleet.set_channel(channel, record)?;
+    Ok(status)
 }

@@ -363,6 +363,44 @@ pub async fn list_channels(State(state): State<Arc<AppState>>, headers: HeaderMa
     Json(channels).into_response()
 }
 
+/// `GET /v1/admin/pending`: generations waiting for more signatures (two-person rule).
+pub async fn list_pending(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    admin!(state, headers);
+    Json(crate::trust::waiting(&state.fleet)).into_response()
+}
+
+/// `POST /v1/admin/channels/{channel}/signatures` body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AddSignature {
+    /// The waiting generation signed.
+    pub generation: u64,
+    /// The signature over its statement (DSSE: keyid and base64 sig).
+    pub signature: skiff_proto::dsse::Signature,
+}
+
+/// `POST /v1/admin/channels/{channel}/signatures`: adds a signer's signature to the
+/// channel's waiting generation; served once the trust root's threshold is met.
+pub async fn add_signature(
+    State(state): State<Arc<AppState>>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    admin!(state, headers);
+    let req: AddSignature = match json_body(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let keyid = req.signature.keyid.clone();
+    match crate::trust::add_signature(&state.fleet, &channel, req.generation, req.signature) {
+        Ok(w) => {
+            tracing::info!(channel = %channel, generation = req.generation, signer = %keyid, served = w.served, "Signature added by an admin");
+            Json(w).into_response()
+        }
+        Err(e) => fleet_error(e),
+    }
+}
+
 /// `GET /v1/admin/rollouts`: every channel's rollout (channels with a plan).
 pub async fn list_rollouts(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     admin!(state, headers);

@@ -93,6 +93,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/channels/{channel}/refresh", post(admin::refresh))
         .route("/v1/admin/status", get(admin::list_clusters))
         .route("/v1/admin/rollouts", get(admin::list_rollouts))
+        .route("/v1/admin/pending", get(admin::list_pending))
+        .route(
+            "/v1/admin/channels/{channel}/signatures",
+            post(admin::add_signature),
+        )
         .route(
             "/v1/admin/rollouts/{channel}/{command}",
             post(admin::rollout_command),

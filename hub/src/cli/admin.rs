@@ -418,12 +418,16 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
     let channels: Vec<ChannelStatus> = client.json(Method::GET, "/v1/admin/channels", None).await?;
     let rollouts: Vec<crate::rollout::RolloutStatus> =
         client.json(Method::GET, "/v1/admin/rollouts", None).await?;
+    let waiting: Vec<crate::trust::Waiting> = client.json(Method::GET, "/v1/admin/pending", None).await?;
     if output == Output::Json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"clusters": clusters, "channels": channels, "rollouts": rollouts})
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "clusters": clusters,
+                "channels": channels,
+                "rollouts": rollouts,
+                "waitingForSignatures": waiting
+            }))?
         );
         return Ok(());
     }
@@ -476,6 +480,20 @@ pub(super) async fn status(hub: &HubArgs, output: Output) -> anyhow::Result<()> 
     if !rollouts.is_empty() {
         println!();
         super::rollout::print(&rollouts);
+    }
+    for w in &waiting {
+        println!(
+            "channel {} generation {} waits for {} more signature(s) from {} (skiff-hub sign --channel {} --key …)",
+            w.channel,
+            w.generation,
+            w.threshold.saturating_sub(w.signed.len()),
+            w.missing
+                .iter()
+                .map(|k| &k[..16])
+                .collect::<Vec<_>>()
+                .join(" or "),
+            w.channel
+        );
     }
     println!();
     let mut rows = vec![
@@ -679,5 +697,79 @@ pub(super) async fn import(hub: &HubArgs, file: &Path) -> anyhow::Result<()> {
         "cluster {}: {stored} report(s) stored, {known} already known, {refused} refused",
         reports.cluster
     );
+    Ok(())
+}
+
+/// `skiff-hub sign`: signs a channel's waiting generation with a local key.
+pub(super) async fn sign(
+    hub: &HubArgs,
+    channel: &str,
+    key: &Path,
+    generation: Option<u64>,
+) -> anyhow::Result<()> {
+    let client = hub.client()?;
+    let all: Vec<crate::trust::Waiting> = client.json(Method::GET, "/v1/admin/pending", None).await?;
+    let Some(w) = all.into_iter().find(|w| w.channel == channel) else {
+        anyhow::bail!("channel {channel:?} has no generation waiting for signatures");
+    };
+    if let Some(g) = generation
+        && g != w.generation
+    {
+        anyhow::bail!("channel {channel:?}: generation {} waits, not {g}", w.generation);
+    }
+    let k =
+        skiff_proto::keys::SigningKey::load(key).with_context(|| format!("signing key {}", key.display()))?;
+    let keyid = k.public_key().keyid();
+    if !w.missing.contains(&keyid) && !w.signed.contains(&keyid) {
+        anyhow::bail!(
+            "your key {} is not a signer of channel {channel:?} (its signers: {})",
+            &keyid[..16],
+            w.signed
+                .iter()
+                .chain(&w.missing)
+                .map(|k| &k[..16])
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    // What is signed, said before signing.
+    let payload = w.envelope.payload_bytes()?;
+    let statement: skiff_proto::statement::Statement = serde_json::from_slice(&payload)?;
+    eprintln!(
+        "signing channel {} generation {} (bundle {}, {} bytes, commit {})",
+        statement.channel,
+        statement.generation,
+        statement.bundle.sha256,
+        statement.bundle.size,
+        statement.commit.as_deref().unwrap_or("-")
+    );
+    if statement.channel != channel
+        || statement.generation != w.generation
+        || statement.bundle.sha256 != w.sha256
+    {
+        anyhow::bail!("the hub's waiting statement does not match what it says waits; not signed");
+    }
+    let signature = skiff_proto::dsse::Envelope::sign(&w.envelope.payload_type, &payload, &[&k])
+        .signatures
+        .remove(0);
+    let r: crate::trust::Waiting = client
+        .json(
+            Method::POST,
+            &format!("/v1/admin/channels/{channel}/signatures"),
+            Some(serde_json::json!({"generation": w.generation, "signature": signature})),
+        )
+        .await?;
+    if r.served {
+        println!(
+            "signed; generation {} of {channel} has all its signatures and is served",
+            r.generation
+        );
+    } else {
+        println!(
+            "signed; generation {} of {channel} still waits for {} more signature(s)",
+            r.generation,
+            r.threshold - r.signed.len()
+        );
+    }
     Ok(())
 }

@@ -94,6 +94,23 @@ pub enum Command {
     /// offline): init, rotate (add or revoke signers, change root keys), sign, show.
     #[command(subcommand)]
     Root(RootCommand),
+    /// Add your signature to a channel's generation that waits for more signers (the trust
+    /// root's two-person rule, e.g. for prod): shows what is signed, signs it with your key
+    /// here (the key never leaves this machine), and sends the signature to the hub.
+    Sign {
+        /// The hub to talk to.
+        #[command(flatten)]
+        hub: HubArgs,
+        /// The channel.
+        #[arg(long)]
+        channel: String,
+        /// Your private key (PKCS#8 PEM).
+        #[arg(long, value_name = "PEM")]
+        key: PathBuf,
+        /// The generation you mean to sign (refused if another waits).
+        #[arg(long)]
+        generation: Option<u64>,
+    },
 }
 
 /// Where the running hub is, for admin commands.
@@ -485,6 +502,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Rollout(c) => runtime()?.block_on(rollout::run(c)),
         Command::Root(c) => root::run(c),
+        Command::Sign {
+            hub,
+            channel,
+            key,
+            generation,
+        } => runtime()?.block_on(admin::sign(&hub, &channel, &key, generation)),
         Command::Report(ReportCommand::Import { hub, file }) => {
             runtime()?.block_on(admin::import(&hub, &file))
         }
