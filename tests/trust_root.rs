@@ -391,3 +391,99 @@ fn a_prod_generation_waits_for_the_second_signature_and_is_applied_only_after_it
     let text = std::fs::read_to_string(prod_file()).unwrap();
     assert!(text.contains("v1"), "{text}");
 }
+
+#[test]
+fn under_an_expired_root_a_site_takes_nothing_new_and_keeps_its_state_until_a_newer_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (r1, r1_pub) = keygen(&tmp.path().join("root-1"));
+    let hub_dir = tmp.path().join("hub");
+    let (_, a_pub) = keygen(&hub_dir.join("keys"));
+    let roots = tmp.path().join("roots");
+    run_bin(
+        "skiff-hub",
+        &[
+            "root",
+            "init",
+            "--dir",
+            s(&roots),
+            "--root-key",
+            s(&r1_pub),
+            "--signer",
+            s(&a_pub),
+            "--expires",
+            "6s",
+            "--sign",
+            s(&r1),
+        ],
+    )
+    .success();
+    let repo = skiff_tests::GitRepo::init(&tmp.path().join("fleet"));
+    repo.write("apps/app.yaml", cm("v1"));
+    repo.commit_all("v1");
+    let config = format!(
+        "trust_root: {}\nrepos:\n  - {{name: fleet, url: \"{}\", poll: 1s}}\nchannels:\n  - {{name: demo, repo: fleet, branch: main, path: apps, targets: {{labels: {{tier: shop}}}}}}\n",
+        roots.display(),
+        repo.path().display()
+    );
+    let hub = HubProcess::start(&hub_dir, &config);
+    let token = hub.add_cluster("shop-0", &["tier=shop"]);
+    let dir = tmp.path().join("shop-0");
+    let out = tmp.path().join("shop-0-out");
+    let config = write_config(
+        &dir,
+        "shop-0",
+        &a_pub,
+        &format!("dir:{}", out.display()),
+        &format!("hub: {}\ntoken: {token}\n", hub.url()),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            &format!("trusted_keys: [{}]", a_pub.display()),
+            &format!("trust_root: {}", roots.join("1.root.json").display()),
+        ),
+    )
+    .unwrap();
+    let site = AgentProcess::start(&config);
+    assert!(
+        wait_for(WAIT, || version(&out).as_deref() == Some("v1")),
+        "{}",
+        site.log()
+    );
+    // The root expires; a new commit is not taken, and the reason reaches the hub.
+    std::thread::sleep(Duration::from_secs(6));
+    repo.write("apps/app.yaml", cm("v2"));
+    repo.commit_all("v2");
+    assert!(
+        wait_for(WAIT, || hub
+            .admin(&["status", "shop-0"])
+            .success()
+            .stdout
+            .contains("expired")),
+        "{}\n{}",
+        site.log(),
+        hub.admin(&["status", "shop-0"]).stdout
+    );
+    assert_eq!(version(&out).as_deref(), Some("v1"), "the last good state stays");
+    // A newer root (valid a year) lets it move on.
+    run_bin(
+        "skiff-hub",
+        &[
+            "root",
+            "rotate",
+            "--dir",
+            s(&roots),
+            "--expires",
+            "365d",
+            "--sign",
+            s(&r1),
+        ],
+    )
+    .success();
+    assert!(
+        wait_for(WAIT, || version(&out).as_deref() == Some("v2")),
+        "{}",
+        site.log()
+    );
+}

@@ -318,6 +318,11 @@ impl Agent {
         tarball: &std::path::Path,
         channel_policy: ChannelPolicy<'_>,
     ) -> anyhow::Result<Offered> {
+        // Under an expired trust root nothing new is taken (not remembered as bad: a newer
+        // root admits it again).
+        if let Err(error) = self.trust().check_fresh(Timestamp::now()) {
+            return Ok(self.refuse_expired(source, error.to_string()));
+        }
         // The channel is known only from a verified statement; find it, then run every step.
         let envelope = Envelope::from_json(envelope_json).map_err(VerifyError::from);
         let statement = envelope.and_then(|e| self.trust().verify_envelope(&e));
@@ -931,6 +936,17 @@ impl Agent {
         offered
     }
 
+    /// Reports that nothing new is taken under an expired trust root (once per source and
+    /// reason in the log; the report goes to the hub).
+    fn refuse_expired(&self, source: &str, error: String) -> Offered {
+        self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        warn!(%error, source, "Nothing new is accepted under an expired trust root; keeping the last good state");
+        let mut r = Self::base_report("unknown", ReportOutcome::Rejected);
+        r.message = Some(format!("bundle from {source} not taken: {error}"));
+        self.report(r);
+        Offered::NotAssigned(error)
+    }
+
     /// Reports an import refused before its bundle was read.
     fn refuse_import(&self, bundle: &std::path::Path, error: String) -> anyhow::Result<Offered> {
         self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
@@ -992,6 +1008,18 @@ impl Agent {
                     {
                         warn!(%error, "Taking the hub's assignment failed");
                         complete = false;
+                    }
+                    // Under an expired root nothing is fetched (the offer would refuse it).
+                    if let Err(error) = self.trust().check_fresh(Timestamp::now()) {
+                        warn!(%error, "Nothing new is fetched under an expired trust root; keeping the last good state");
+                        for ch in &desired.channels {
+                            let mut r = Self::base_report(&ch.channel, ReportOutcome::Rejected);
+                            r.generation = Some(ch.generation);
+                            r.message = Some(format!("generation {} not taken: {error}", ch.generation));
+                            self.report(r);
+                        }
+                        etag = Some(tag);
+                        continue;
                     }
                     let assigned = desired.channels.iter().map(|c| c.channel.clone()).collect();
                     if let Err(error) = self.store.set_assigned(&assigned) {
