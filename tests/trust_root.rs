@@ -38,6 +38,53 @@ fn root_version(data: &Path) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(&out.stdout).ok()?["trustRoot"]["version"].as_u64()
 }
 
+/// Points an agent config at a trust root instead of its key list.
+fn use_root(config: &Path, root: &Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("trusted_keys:") {
+                format!("trust_root: {}", root.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(config, text.join("\n")).unwrap();
+}
+
+/// A repository holding `cm("v1")` under `apps/`, a hub serving `roots` with one channel
+/// from it for `tier=shop`, and one site `shop-0` installed with root version 1. Returns
+/// the repository, the hub, the site and its `dir` target folder.
+fn one_site(
+    tmp: &Path,
+    roots: &Path,
+    channel: &str,
+) -> (skiff_tests::GitRepo, HubProcess, AgentProcess, PathBuf) {
+    let repo = skiff_tests::GitRepo::init(&tmp.join("fleet"));
+    repo.write("apps/app.yaml", cm("v1"));
+    repo.commit_all("v1");
+    let config = format!(
+        "trust_root: {}\nrepos:\n  - {{name: fleet, url: \"{}\", poll: 1s}}\nchannels:\n  - {{name: {channel}, repo: fleet, branch: main, path: apps, namespace: demo, targets: {{labels: {{tier: shop}}}}}}\n",
+        roots.display(),
+        repo.path().display()
+    );
+    let hub_dir = tmp.join("hub");
+    let hub = HubProcess::start(&hub_dir, &config);
+    let token = hub.add_cluster("shop-0", &["tier=shop"]);
+    let out = tmp.join("shop-0-out");
+    let config = write_config(
+        &tmp.join("shop-0"),
+        "shop-0",
+        &hub_dir.join("keys/signing.pub.pem"),
+        &format!("dir:{}", out.display()),
+        &format!("hub: {}\ntoken: {token}\n", hub.url()),
+    );
+    use_root(&config, &roots.join("1.root.json"));
+    (repo, hub, AgentProcess::start(&config), out)
+}
+
 struct Site {
     name: String,
     out: PathBuf,
@@ -128,19 +175,7 @@ fn a_fleet_rotates_and_revokes_the_hub_key_online_and_across_an_air_gap() {
         let config = write_config(&dir, &name, &a_pub, &format!("dir:{}", out.display()), &extra);
         if *mode != "keys" {
             // Installed with the root only: no key list at all.
-            let text = std::fs::read_to_string(&config).unwrap();
-            let text = text
-                .lines()
-                .map(|l| {
-                    if l.starts_with("trusted_keys:") {
-                        format!("trust_root: {}", root_v1.display())
-                    } else {
-                        l.to_owned()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-            std::fs::write(&config, text).unwrap();
+            use_root(&config, &root_v1);
         }
         sites.push(Site {
             name,
@@ -333,35 +368,7 @@ fn a_prod_generation_waits_for_the_second_signature_and_is_applied_only_after_it
         ],
     )
     .success();
-    let repo = skiff_tests::GitRepo::init(&tmp.path().join("fleet"));
-    repo.write("apps/app.yaml", cm("v1"));
-    repo.commit_all("v1");
-    let config = format!(
-        "trust_root: {}\nrepos:\n  - {{name: fleet, url: \"{}\", poll: 1s}}\nchannels:\n  - {{name: prod, repo: fleet, branch: main, path: apps, namespace: demo, targets: {{labels: {{tier: shop}}}}}}\n",
-        roots.display(),
-        repo.path().display()
-    );
-    let hub = HubProcess::start(&hub_dir, &config);
-    let token = hub.add_cluster("shop-0", &["tier=shop"]);
-    let dir = tmp.path().join("shop-0");
-    let out = tmp.path().join("shop-0-out");
-    let config = write_config(
-        &dir,
-        "shop-0",
-        &a_pub,
-        &format!("dir:{}", out.display()),
-        &format!("hub: {}\ntoken: {token}\n", hub.url()),
-    );
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace(
-            &format!("trusted_keys: [{}]", a_pub.display()),
-            &format!("trust_root: {}", roots.join("1.root.json").display()),
-        ),
-    )
-    .unwrap();
-    let site = AgentProcess::start(&config);
+    let (_repo, hub, site, out) = one_site(tmp.path(), &roots, "prod");
     let prod_file = || out.join("prod/demo/configmap.app.yaml");
     // Built and signed by the hub, it waits: status says for whom; nothing reaches the site.
     assert!(
@@ -417,35 +424,7 @@ fn under_an_expired_root_a_site_takes_nothing_new_and_keeps_its_state_until_a_ne
         ],
     )
     .success();
-    let repo = skiff_tests::GitRepo::init(&tmp.path().join("fleet"));
-    repo.write("apps/app.yaml", cm("v1"));
-    repo.commit_all("v1");
-    let config = format!(
-        "trust_root: {}\nrepos:\n  - {{name: fleet, url: \"{}\", poll: 1s}}\nchannels:\n  - {{name: demo, repo: fleet, branch: main, path: apps, targets: {{labels: {{tier: shop}}}}}}\n",
-        roots.display(),
-        repo.path().display()
-    );
-    let hub = HubProcess::start(&hub_dir, &config);
-    let token = hub.add_cluster("shop-0", &["tier=shop"]);
-    let dir = tmp.path().join("shop-0");
-    let out = tmp.path().join("shop-0-out");
-    let config = write_config(
-        &dir,
-        "shop-0",
-        &a_pub,
-        &format!("dir:{}", out.display()),
-        &format!("hub: {}\ntoken: {token}\n", hub.url()),
-    );
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace(
-            &format!("trusted_keys: [{}]", a_pub.display()),
-            &format!("trust_root: {}", roots.join("1.root.json").display()),
-        ),
-    )
-    .unwrap();
-    let site = AgentProcess::start(&config);
+    let (repo, hub, site, out) = one_site(tmp.path(), &roots, "demo");
     assert!(
         wait_for(WAIT, || version(&out).as_deref() == Some("v1")),
         "{}",

@@ -303,22 +303,9 @@ impl HubClient {
     pub async fn roots_after(&self, version: u64) -> Result<Vec<Envelope>, SourceError> {
         let url = format!("{}/v1/roots?after={version}", self.hub()?);
         let what = format!("GET {url}");
-        let resp = self
-            .auth(self.http.get(&url).timeout(REPORT_TIMEOUT))
-            .send()
-            .await
-            .map_err(|e| transport(&what, &e))?;
-        if !resp.status().is_success() {
-            let s = resp.status();
-            return Err(status_error(&what, s, &error_body(resp).await));
-        }
         let cap =
             skiff_proto::api::limits::MAX_ROOTS_PER_ANSWER * skiff_proto::root::limits::MAX_ENVELOPE_BYTES;
-        let body = read_capped(resp, cap)
-            .await
-            .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
-        let roots: Vec<Envelope> =
-            serde_json::from_slice(&body).map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
+        let roots: Vec<Envelope> = self.short_json(self.http.get(&url), &what, cap).await?;
         if roots.len() > skiff_proto::api::limits::MAX_ROOTS_PER_ANSWER {
             return Err(SourceError::Unavailable(format!(
                 "{what}: {} roots in one answer, more than {}",
@@ -336,16 +323,28 @@ impl HubClient {
         // A report batch is small: a hub that has not answered in 20 s is treated as down
         // (the batch waits in the outbox and goes again), not waited on for a long-poll's
         // time.
+        self.short_json(self.http.post(&url).json(reports), &what, limits::MAX_ERROR_BODY)
+            .await
+    }
+
+    /// A request the hub answers at once (not a long-poll): sent with the token, at most
+    /// [`REPORT_TIMEOUT`], its JSON answer read within `cap` bytes.
+    async fn short_json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+        cap: usize,
+    ) -> Result<T, SourceError> {
         let resp = self
-            .auth(self.http.post(&url).json(reports).timeout(REPORT_TIMEOUT))
+            .auth(req.timeout(REPORT_TIMEOUT))
             .send()
             .await
-            .map_err(|e| transport(&what, &e))?;
+            .map_err(|e| transport(what, &e))?;
         if !resp.status().is_success() {
             let s = resp.status();
-            return Err(status_error(&what, s, &error_body(resp).await));
+            return Err(status_error(what, s, &error_body(resp).await));
         }
-        let body = read_capped(resp, limits::MAX_ERROR_BODY)
+        let body = read_capped(resp, cap)
             .await
             .map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))?;
         serde_json::from_slice(&body).map_err(|e| SourceError::Unavailable(format!("{what}: {e}")))

@@ -60,6 +60,16 @@ impl World {
         }
     }
 
+    /// Starts a rollout of generation 2 (`THREE`'s plan) and takes it through its canary
+    /// step: the canary applies, soaks 60 s, and step 2 (`eu`) starts.
+    fn canary_done(&mut self, plan: &RolloutPlan, r: &mut Rollout) {
+        self.advance(plan, r, 0);
+        self.apply_all(r, 2);
+        self.advance(plan, r, 0);
+        self.advance(plan, r, 60);
+        assert_eq!(r.step, 1);
+    }
+
     fn advance(&self, plan: &RolloutPlan, r: &mut Rollout, now: u64) -> Vec<String> {
         advance(plan, "shops", r, &self.views(), t(now))
     }
@@ -146,10 +156,7 @@ fn a_degraded_step_beyond_its_budget_halts_and_nothing_more_moves() {
     let p = plan(THREE);
     let mut w = nine();
     let mut r = Rollout::start(None, 1, 2, t(0));
-    w.advance(&p, &mut r, 0);
-    w.apply_all(&r, 2);
-    w.advance(&p, &mut r, 0);
-    w.advance(&p, &mut r, 60);
+    w.canary_done(&p, &mut r);
     assert_eq!(r.step, 1);
     w.apply_all(&r, 2);
     w.report("s3", Outcome::Applied, 2, "Degraded");
@@ -198,10 +205,7 @@ fn offline_clusters_are_left_behind_within_budget_and_catch_up() {
     let mut w = nine();
     w.offline.insert("s5".into());
     let mut r = Rollout::start(None, 1, 2, t(0));
-    w.advance(&p, &mut r, 0);
-    w.apply_all(&r, 2);
-    w.advance(&p, &mut r, 0);
-    w.advance(&p, &mut r, 60);
+    w.canary_done(&p, &mut r);
     w.apply_all(&r, 2);
     w.advance(&p, &mut r, 61);
     assert_eq!(r.ready_since, Some(t(61)), "one offline is within max_offline 1");
@@ -215,10 +219,7 @@ fn offline_clusters_are_left_behind_within_budget_and_catch_up() {
     let mut w = nine();
     w.offline.extend(["s4".to_owned(), "s5".to_owned()]);
     let mut r = Rollout::start(None, 1, 2, t(0));
-    w.advance(&p, &mut r, 0);
-    w.apply_all(&r, 2);
-    w.advance(&p, &mut r, 0);
-    w.advance(&p, &mut r, 60);
+    w.canary_done(&p, &mut r);
     w.apply_all(&r, 2);
     w.advance(&p, &mut r, 1000);
     assert_eq!((r.step, r.phase, r.ready_since), (1, Phase::Running, None));
@@ -243,10 +244,7 @@ fn held_and_waiting_clusters_count_as_absent_not_failed() {
     let p = plan(THREE);
     let mut w = nine();
     let mut r = Rollout::start(None, 1, 2, t(0));
-    w.advance(&p, &mut r, 0);
-    w.apply_all(&r, 2);
-    w.advance(&p, &mut r, 0);
-    w.advance(&p, &mut r, 60);
+    w.canary_done(&p, &mut r);
     w.apply_all(&r, 2);
     for (name, why) in [("s2", DeferReason::Hold), ("s3", DeferReason::Window)] {
         w.reports.insert(
@@ -282,10 +280,7 @@ fn a_newer_generation_supersedes_from_the_first_step_and_never_lowers_a_pin() {
     let p = plan(THREE);
     let mut w = nine();
     let mut r = Rollout::start(None, 1, 2, t(0));
-    w.advance(&p, &mut r, 0);
-    w.apply_all(&r, 2);
-    w.advance(&p, &mut r, 0);
-    w.advance(&p, &mut r, 60);
+    w.canary_done(&p, &mut r);
     assert_eq!(pins(&r, &w), vec![2, 2, 2, 2, 2, 1, 1, 1, 1]);
     let mut r3 = Rollout::start(Some(&r), 2, 3, t(70));
     assert_eq!(
@@ -395,10 +390,7 @@ fn shares_are_stable_and_new_clusters_join_reached_steps() {
     let p = plan(THREE);
     let mut w = nine();
     let mut r = Rollout::start(None, 1, 2, t(0));
-    w.advance(&p, &mut r, 0);
-    w.apply_all(&r, 2);
-    w.advance(&p, &mut r, 0);
-    w.advance(&p, &mut r, 60);
+    w.canary_done(&p, &mut r);
     w.labels
         .insert("s10".into(), [("region".to_owned(), "eu".to_owned())].into());
     w.labels
