@@ -106,6 +106,7 @@ fn every_config_key_is_documented_and_nothing_else() {
         ("steps[]", fields::<skiff_hub::rollout::Step>()),
         ("maintenance_windows[]", fields::<hub::MaintenanceConfig>()),
         ("windows[]", fields::<hub::WindowConfig>()),
+        ("dashboard", fields::<hub::DashboardConfig>()),
         ("agent", fields::<agent::AgentConfig>()),
         ("channels.NAME", fields::<agent::ChannelSettings>()),
     ]);

@@ -281,6 +281,27 @@ impl MaintenanceConfig {
     }
 }
 
+/// The dashboard (`/ui`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// File holding a viewer token: it signs in to read, never to act (the admin token
+    /// signs in as admin).
+    pub viewer_token_file: Option<PathBuf>,
+    /// How long a sign-in lasts.
+    #[serde(deserialize_with = "skiff_proto::config::duration")]
+    pub session_ttl: Duration,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            viewer_token_file: None,
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
 /// How the hub signs assignments.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -361,6 +382,9 @@ pub struct HubConfig {
     /// How assignments are signed and guarded.
     #[serde(default)]
     pub assignments: AssignmentConfig,
+    /// The dashboard.
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
     /// Folder of the trust root chain (`<version>.root.json`, from `skiff-hub root …`):
     /// served to agents, which then trust what the newest root says (none: agents trust
     /// the keys in their configs).
@@ -802,20 +826,26 @@ impl HubConfig {
 
     /// The token `/metrics` requires, if one is configured.
     pub fn metrics_token(&self) -> Result<Option<String>, ConfigError> {
-        let Some(path) = &self.metrics.token_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let token = text.trim().to_owned();
-        check_secret(&token).map_err(|reason| ConfigError::Invalid {
-            path: path.clone(),
-            key: "metrics.token_file".into(),
-            reason,
-        })?;
-        Ok(Some(token))
+        read_secret_file(self.metrics.token_file.as_deref(), "metrics.token_file")
+    }
+
+    /// The dashboard's viewer token, if configured (at least [`MIN_SECRET_LEN`] characters,
+    /// and not the admin token).
+    pub fn viewer_token(&self) -> Result<Option<String>, ConfigError> {
+        let token = read_secret_file(
+            self.dashboard.viewer_token_file.as_deref(),
+            "dashboard.viewer_token_file",
+        )?;
+        if let (Some(t), Some(path)) = (&token, &self.dashboard.viewer_token_file)
+            && self.admin_token().is_ok_and(|a| a == *t)
+        {
+            return Err(ConfigError::Invalid {
+                path: path.clone(),
+                key: "dashboard.viewer_token_file".into(),
+                reason: "the viewer token is the admin token: give viewers a token of their own".into(),
+            });
+        }
+        Ok(token)
     }
 
     /// The URL agents use to reach this hub.
@@ -825,6 +855,23 @@ impl HubConfig {
             format!("{scheme}://{}", self.listen)
         })
     }
+}
+
+/// A token from a file (trimmed), at least [`MIN_SECRET_LEN`] characters; `key` names the
+/// setting in errors.
+fn read_secret_file(path: Option<&Path>, key: &str) -> Result<Option<String>, ConfigError> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = text.trim().to_owned();
+    check_secret(&token).map_err(|reason| ConfigError::Invalid {
+        path: path.to_owned(),
+        key: key.into(),
+        reason,
+    })?;
+    Ok(Some(token))
 }
 
 #[cfg(test)]

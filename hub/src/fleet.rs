@@ -1006,6 +1006,16 @@ impl Fleet {
             .collect()
     }
 
+    /// Every cluster's labels, by name.
+    pub fn cluster_labels(&self) -> std::collections::HashMap<String, BTreeMap<String, String>> {
+        let state = self.state.read().expect("fleet lock");
+        state
+            .clusters
+            .values()
+            .map(|c| (c.name.clone(), c.labels.clone()))
+            .collect()
+    }
+
     /// Whether a cluster is registered.
     pub fn has_cluster(&self, name: &str) -> bool {
         self.state.read().expect("fleet lock").clusters.contains_key(name)

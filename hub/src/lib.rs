@@ -26,4 +26,5 @@ pub mod sources;
 pub mod store;
 pub mod telemetry;
 pub mod trust;
+pub mod ui;
 pub mod yaml;

@@ -24,6 +24,7 @@ pub async fn run(config: HubConfig, force_unassign: bool) -> anyhow::Result<()> 
     let key = Arc::new(SigningKey::load(key_path)?);
     let admin_token = config.admin_token()?;
     let metrics_token = config.metrics_token()?;
+    let viewer_token = config.viewer_token()?;
     let tls = config.tls.as_ref().map(api::tls_config).transpose()?;
 
     let store = Store::open(&config.data_dir)?;
@@ -105,6 +106,8 @@ pub async fn run(config: HubConfig, force_unassign: bool) -> anyhow::Result<()> 
         metrics_token_hash: metrics_token.as_deref().map(token_hash),
         downloads: Default::default(),
         deliveries: Default::default(),
+        ui: Default::default(),
+        viewer_token_hash: viewer_token.as_deref().map(token_hash),
     });
     for c in config.channels.iter().filter(|c| c.targets.is_empty()) {
         warn!(channel = %c.name, "Channel has no targets (no labels, no clusters): it goes to no cluster");

@@ -149,9 +149,13 @@ impl DirApplier {
             };
             expected.insert(path.clone());
             let want = Self::text(&o);
+            let mut live = None;
             let kind = match std::fs::read(&path) {
                 Err(_) => Some("missing"),
-                Ok(b) if b != want.as_bytes() => Some("modified"),
+                Ok(b) if b != want.as_bytes() => {
+                    live = serde_json::from_slice::<serde_json::Value>(&b).ok();
+                    Some("modified")
+                }
                 Ok(_) => None,
             };
             let (state, reason) = if o
@@ -167,16 +171,27 @@ impl DirApplier {
             let Some(kind) = kind else { return };
             let heal = heal && !crate::drift::self_heal_disabled(&o.value);
             let corrected = heal && write_atomic(&path, want.as_bytes()).is_ok();
-            checked.drift.push(Drift {
-                object: o.id.clone(),
-                kind: kind.to_owned(),
-                paths: vec![skiff_proto::api::DriftPath {
+            // An edited file that still parses: the JSON paths that differ, with their
+            // values (Secret values never); else the file itself.
+            let paths = match &live {
+                Some(l) => crate::drift::diff(&o.value, l, &o.id.kind),
+                None => Vec::new(),
+            };
+            let paths = if paths.is_empty() {
+                vec![skiff_proto::api::DriftPath {
                     path: path.display().to_string(),
                     desired: None,
                     live: None,
-                }],
+                }]
+            } else {
+                paths
+            };
+            checked.drift.push(Drift {
+                object: o.id.clone(),
+                kind: kind.to_owned(),
+                paths,
                 corrected,
-                reason: None,
+                reason: live.is_some().then(|| format!("file {}", path.display())),
             });
         });
         if let Err(outcome) = result {

@@ -53,6 +53,10 @@ pub struct AppState {
     pub downloads: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Recent webhook delivery ids (replays are ignored).
     pub deliveries: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// Dashboard sessions.
+    pub ui: crate::ui::Sessions,
+    /// SHA-256 of the dashboard's viewer token, if one is configured.
+    pub viewer_token_hash: Option<String>,
 }
 
 /// A JSON error body with a status code.
@@ -103,6 +107,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(admin::rollout_command),
         )
         .route("/v1/admin/trust", get(admin::trust))
+        .merge(crate::ui::router())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .route_layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
