@@ -121,6 +121,8 @@ cat <<EOT
 skiff is running: the hub follows $work/fleet (branch main, folder apps), signs each new
 commit, and the agent applies it to $where.
 
+Dashboard: http://127.0.0.1:$port/ui (sign in with the admin token in $work/admin.token)
+
 Things to try (in another terminal):
   - Drift: edit or delete an applied object, e.g.
       $drift_try

@@ -41,6 +41,15 @@ fn quickstart_runs_a_local_fleet_until_ctrl_c() {
     let err = || std::fs::read_to_string(tmp.path().join("quickstart.err")).unwrap_or_default();
     assert!(output.contains("skiff is running"), "{output}\n{}", err());
     assert!(output.contains("Ctrl-C stops"), "{output}");
+    // The dashboard's address is printed, and it answers (the sign-in page).
+    let url = output
+        .lines()
+        .find_map(|l| l.strip_prefix("Dashboard: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no dashboard address: {output}"))
+        .to_owned();
+    let page = Command::new("curl").args(["-sS", "-L", "--max-time", "10", &url]).output().unwrap();
+    assert!(String::from_utf8_lossy(&page.stdout).contains("Admin or viewer token"), "{url}");
 
     // Drift: an emptied file comes back.
     let cm = work.join("cluster/demo/demo/configmap.web-config.yaml");
