@@ -50,25 +50,42 @@ async fn shot(c: &fantoccini::Client, name: &str) -> PathBuf {
 }
 
 fn cm(version: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app, namespace: demo}}\ndata: {{version: {version}}}\n")
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app, namespace: demo}}\ndata: {{version: {version}}}\n"
+    )
 }
 
 fn phase(hub: &HubProcess) -> serde_json::Value {
-    let out = hub.admin(&["rollout", "status", "demo", "--output", "json"]).success().stdout;
+    let out = hub
+        .admin(&["rollout", "status", "demo", "--output", "json"])
+        .success()
+        .stdout;
     serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["phase"].clone()
 }
 
 async fn sign_in(c: &fantoccini::Client, hub: &HubProcess, token: &str) {
     c.goto(&format!("{}/ui", hub.url())).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/ui/login"));
-    c.find(Locator::Id("token")).await.unwrap().send_keys(token).await.unwrap();
-    c.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     assert!(wait_text(c, "Clusters by state").await);
 }
 
 fn start_driver() -> Option<(Driver, u16)> {
     let (Ok(_), Ok(_)) = (which("chromium"), which("chromedriver")) else {
-        eprintln!("SKIPPED dashboard browser test: chromium and chromedriver are not installed (.ci/run installs Debian's chromium and chromium-driver)");
+        eprintln!(
+            "SKIPPED dashboard browser test: chromium and chromedriver are not installed (.ci/run installs Debian's chromium and chromium-driver)"
+        );
         return None;
     };
     let port = free_port();
@@ -80,7 +97,11 @@ fn start_driver() -> Option<(Driver, u16)> {
         .expect("start chromedriver");
     let driver = Driver(child);
     assert!(
-        wait_for(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        wait_for(Duration::from_secs(20), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
         "chromedriver did not listen"
     );
     Some((driver, port))
@@ -117,7 +138,9 @@ async fn browser(port: u16, profile: &Path) -> fantoccini::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_signs_in_watches_drift_corrected_and_steers_a_rollout() {
-    let Some((_driver, port)) = start_driver() else { return };
+    let Some((_driver, port)) = start_driver() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let repo = skiff_tests::GitRepo::init(&tmp.path().join("fleet"));
     repo.write("apps/app.yaml", cm("v1"));
@@ -146,17 +169,30 @@ async fn a_browser_signs_in_watches_drift_corrected_and_steers_a_rollout() {
     }
     let file = |i: usize| agents[i].0.join("demo/demo/configmap.app.yaml");
     assert!(wait_for(WAIT, || file(0).exists()), "{}", agents[0].1.log());
-    assert!(wait_for(WAIT, || phase(&hub) == "running" && hub.admin(&["rollout", "status"]).success().stdout.contains("soaking")));
+    assert!(wait_for(WAIT, || phase(&hub) == "running"
+        && hub
+            .admin(&["rollout", "status"])
+            .success()
+            .stdout
+            .contains("soaking")));
     hub.admin(&["rollout", "promote", "demo"]).success();
     assert!(wait_for(WAIT, || (0..3).all(|i| file(i).exists())));
 
     let profile = tempfile::tempdir().unwrap();
     let c = browser(port, profile.path()).await;
     sign_in(&c, &hub, &hub.admin_token).await;
-    assert!(wait_text(&c, "state=synced\"><strong>3</strong>").await, "{}", c.source().await.unwrap());
+    assert!(
+        wait_text(&c, "state=synced\"><strong>3</strong>").await,
+        "{}",
+        c.source().await.unwrap()
+    );
     let fleet_png = shot(&c, "fleet").await;
     if std::env::var_os("SKIFF_UPDATE_SCREENSHOT").is_some() {
-        std::fs::copy(&fleet_png, skiff_tests::workspace_root().join("docs/dashboard-fleet.png")).unwrap();
+        std::fs::copy(
+            &fleet_png,
+            skiff_tests::workspace_root().join("docs/dashboard-fleet.png"),
+        )
+        .unwrap();
     }
     // Every resource the page loaded came from the hub.
     let resources = c
@@ -173,34 +209,71 @@ async fn a_browser_signs_in_watches_drift_corrected_and_steers_a_rollout() {
     }
 
     // A hand edit on shop-1: the cluster page shows it drifted and corrected (live updates).
-    c.goto(&format!("{}/ui/clusters/shop-1", hub.url())).await.unwrap();
+    c.goto(&format!("{}/ui/clusters/shop-1", hub.url()))
+        .await
+        .unwrap();
     let text = std::fs::read_to_string(file(1)).unwrap();
     std::fs::write(file(1), text.replace("v1", "edited-by-hand")).unwrap();
     assert!(wait_text(&c, "edited-by-hand").await, "{}", agents[1].1.log());
     assert!(wait_text(&c, "corrected").await);
-    assert!(std::fs::read_to_string(file(1)).unwrap().contains("v1"), "corrected on disk");
+    assert!(
+        std::fs::read_to_string(file(1)).unwrap().contains("v1"),
+        "corrected on disk"
+    );
     shot(&c, "cluster").await;
 
     // A new commit rolls out; it soaks at the canary; pause and resume from the page.
     repo.write("apps/app.yaml", cm("v2"));
     repo.commit_all("v2");
     c.goto(&format!("{}/ui/channels/demo", hub.url())).await.unwrap();
-    assert!(wait_text(&c, "soaking until").await, "{}", c.source().await.unwrap());
-    c.find(Locator::Id("rollout-pause")).await.unwrap().click().await.unwrap();
-    assert!(wait_text(&c, "badge warn\">paused").await, "{}", c.source().await.unwrap());
+    assert!(
+        wait_text(&c, "soaking until").await,
+        "{}",
+        c.source().await.unwrap()
+    );
+    // The sites the rollout has not reached yet show as behind on the fleet page.
+    c.goto(&format!("{}/ui?state=behind", hub.url())).await.unwrap();
+    assert!(wait_text(&c, ">shop-2<").await, "{}", c.source().await.unwrap());
+    let page = c.source().await.unwrap();
+    assert!(page.contains(">shop-1<") && !page.contains(">shop-0<"), "{page}");
+    c.goto(&format!("{}/ui/channels/demo", hub.url())).await.unwrap();
+    c.find(Locator::Id("rollout-pause"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        wait_text(&c, "badge warn\">paused").await,
+        "{}",
+        c.source().await.unwrap()
+    );
     assert_eq!(phase(&hub), "paused");
     shot(&c, "channel").await;
-    c.find(Locator::Id("rollout-resume")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Id("rollout-resume"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     assert!(wait_text(&c, "badge ok\">running").await);
     assert_eq!(phase(&hub), "running");
 
     // A viewer: the buttons are disabled, and the server refuses the action anyway.
-    c.find(Locator::Css("header form button")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("header form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     assert!(wait_text(&c, "Admin or viewer token").await);
     sign_in(&c, &hub, viewer).await;
     c.goto(&format!("{}/ui/channels/demo", hub.url())).await.unwrap();
     let pause = c.find(Locator::Id("rollout-pause")).await.unwrap();
-    assert!(pause.attr("disabled").await.unwrap().is_some(), "disabled for a viewer");
+    assert!(
+        pause.attr("disabled").await.unwrap().is_some(),
+        "disabled for a viewer"
+    );
     let status = c
         .execute_async(
             "const done = arguments[0]; const csrf = document.querySelector('input[name=csrf]').value; \

@@ -48,8 +48,14 @@ fn quickstart_runs_a_local_fleet_until_ctrl_c() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("no dashboard address: {output}"))
         .to_owned();
-    let page = Command::new("curl").args(["-sS", "-L", "--max-time", "10", &url]).output().unwrap();
-    assert!(String::from_utf8_lossy(&page.stdout).contains("Admin or viewer token"), "{url}");
+    let page = Command::new("curl")
+        .args(["-sS", "-L", "--max-time", "10", &url])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains("Admin or viewer token"),
+        "{url}"
+    );
 
     // Drift: an emptied file comes back.
     let cm = work.join("cluster/demo/demo/configmap.web-config.yaml");

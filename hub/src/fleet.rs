@@ -235,6 +235,12 @@ pub struct ClusterSummary {
     pub unhealthy: usize,
     /// Last request from its agent.
     pub last_seen: Option<Timestamp>,
+    /// A channel's rollout (or its pin) holds it below the channel's newest generation.
+    pub behind: bool,
+    /// Its site holds (a newer generation waits: `skiff-agent hold`).
+    pub held: bool,
+    /// A newer generation waits for its maintenance window.
+    pub waiting: bool,
 }
 
 /// How a batch of reports was taken.
@@ -909,6 +915,20 @@ impl Fleet {
                             matches!(l.outcome, Outcome::Applied | Outcome::Checked) && l.generation >= served
                         }) || served.is_none()
                     });
+                let behind = state
+                    .channels
+                    .iter()
+                    .filter(|(name, r)| r.generation > 0 && self.targets(name, c))
+                    .any(|(name, r)| r.generation_at_most(self.pin_of(&state, name, c)) < Some(r.generation));
+                let deferred = |why| {
+                    latest
+                        .values()
+                        .any(|l| l.outcome == Outcome::Deferred && l.deferred.is_some_and(|(_, r)| r == why))
+                };
+                let (held, waiting) = (
+                    deferred(skiff_proto::api::DeferReason::Hold),
+                    deferred(skiff_proto::api::DeferReason::Window),
+                );
                 let state = if c.last_seen.is_none() {
                     "unseen"
                 } else if self.is_offline(c.last_seen) {
@@ -926,6 +946,9 @@ impl Fleet {
                     drifted: latest.values().map(|l| l.drifted).sum(),
                     unhealthy: latest.values().filter(|l| l.unhealthy()).count(),
                     last_seen: c.last_seen,
+                    behind,
+                    held,
+                    waiting,
                 }
             })
             .collect();

@@ -109,11 +109,29 @@ fn badge(state: &str) -> Markup {
 /// How the fleet page names a cluster's state: the summary's, sharpened by drift and health.
 fn state_of(c: &ClusterSummary) -> &'static str {
     match c.state {
+        "offline" | "unseen" | "failed" => c.state,
+        _ if c.held => "held",
+        _ if c.waiting => "waiting",
         "synced" if c.unhealthy > 0 => "degraded",
         "synced" if c.drifted > 0 => "drifted",
+        "synced" if c.behind => "behind",
         s => s,
     }
 }
+
+/// Every state the fleet page counts, in the order it shows them.
+const STATES: [&str; 10] = [
+    "synced",
+    "drifted",
+    "degraded",
+    "behind",
+    "progressing",
+    "held",
+    "waiting",
+    "failed",
+    "offline",
+    "unseen",
+];
 
 fn ago(t: Option<skiff_proto::statement::Timestamp>) -> String {
     let Some(t) = t else { return "never".to_owned() };
@@ -197,7 +215,7 @@ pub fn fleet(fleet: &Fleet, q: &FleetQuery, v: &Viewer) -> Markup {
                 h2 id="counts" { "Clusters by state" }
                 ul.counts {
                     li { a href="/ui" { strong { (all.len()) } " all" } }
-                    @for state in ["synced", "drifted", "degraded", "progressing", "failed", "offline", "unseen"] {
+                    @for state in STATES {
                         li { a href={ "/ui?state=" (state) } { strong { (counts.get(state).copied().unwrap_or(0)) } " " (badge(state)) } }
                     }
                 }
@@ -232,7 +250,7 @@ pub fn fleet(fleet: &Fleet, q: &FleetQuery, v: &Viewer) -> Markup {
                     label for="state" { "State" }
                     select id="state" name="state" {
                         option value="" { "any" }
-                        @for s in ["synced", "drifted", "degraded", "progressing", "failed", "offline", "unseen"] {
+                        @for s in STATES {
                             option value=(s) selected[q.state == s] { (s) }
                         }
                     }

@@ -39,7 +39,15 @@ fn main() -> anyhow::Result<()> {
     }
     // Sign in once for the server figures.
     let login = Command::new("curl")
-        .args(["-sS", "-D", "-", "-o", "/dev/null", "--data-urlencode", &format!("token={token}")])
+        .args([
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--data-urlencode",
+            &format!("token={token}"),
+        ])
         .arg(format!("{hub}/ui/login"))
         .output()?;
     let head = String::from_utf8_lossy(&login.stdout).into_owned();
