@@ -175,16 +175,25 @@ impl Root {
     /// Checks the shape: type, version, times, keys (each parses and its id is its digest),
     /// roles (known keys, a threshold they can reach), caps.
     pub fn check_shape(&self) -> Result<(), RootError> {
-        self.checked_keys().map(|_| ())
+        self.checked_keys(&BTreeMap::new()).map(|_| ())
     }
 
-    /// [`Self::check_shape`], returning the keys decoded (each once).
-    fn checked_keys(&self) -> Result<BTreeMap<String, PublicKey>, RootError> {
+    /// [`Self::check_shape`], returning the keys decoded (each once). A key of `known` (ids
+    /// checked before) with the same bytes is taken as it is, not decoded and hashed again.
+    fn checked_keys(
+        &self,
+        known: &BTreeMap<String, PublicKey>,
+    ) -> Result<BTreeMap<String, PublicKey>, RootError> {
         let mut decoded = BTreeMap::new();
         for (id, text) in &self.keys {
-            let key = decode_base64("keys", text)
-                .ok()
-                .and_then(|b| PublicKey::from_bytes(&b).ok());
+            let bytes = decode_base64("keys", text).ok();
+            if let (Some(b), Some(k)) = (&bytes, known.get(id))
+                && b.as_slice() == k.as_bytes()
+            {
+                decoded.insert(id.clone(), *k);
+                continue;
+            }
+            let key = bytes.and_then(|b| PublicKey::from_bytes(&b).ok());
             match key {
                 Some(k) if k.keyid() == *id => {
                     decoded.insert(id.clone(), k);
@@ -340,9 +349,9 @@ fn envelope_payload(envelope: &Envelope) -> Result<Vec<u8>, RootError> {
 /// A root with its keys decoded.
 type Decoded = (Root, BTreeMap<String, PublicKey>);
 
-fn parse(payload: &[u8]) -> Result<Decoded, RootError> {
+fn parse(payload: &[u8], known: &BTreeMap<String, PublicKey>) -> Result<Decoded, RootError> {
     let root: Root = serde_json::from_slice(payload).map_err(|e| RootError::Malformed(e.to_string()))?;
-    let keys = root.checked_keys()?;
+    let keys = root.checked_keys(known)?;
     Ok((root, keys))
 }
 
@@ -365,7 +374,7 @@ pub fn read_envelope(bytes: &[u8]) -> Result<Envelope, RootError> {
 /// be a well-formed root signed by a threshold of its own root keys.
 pub fn verify_initial(envelope: &Envelope) -> Result<Root, RootError> {
     let payload = envelope_payload(envelope)?;
-    let (root, keys) = parse(&payload)?;
+    let (root, keys) = parse(&payload, &BTreeMap::new())?;
     let (valid, notes) = valid_signers(envelope, &payload, &role_of(&root.root, &keys));
     meets(&root.root, &valid, &notes).map_err(|detail| RootError::NotSignedBySelf {
         version: root.version,
@@ -379,7 +388,7 @@ pub fn verify_initial(envelope: &Envelope) -> Result<Root, RootError> {
 /// root keys. Expiry is not checked here: an expired root in the middle of a chain is still
 /// a valid step; only the newest must be fresh ([`Root::check_fresh`]).
 pub fn verify_next(current: &Root, envelope: &Envelope) -> Result<Root, RootError> {
-    let keys = current.checked_keys()?;
+    let keys = current.checked_keys(&BTreeMap::new())?;
     next_step(current, &keys, envelope).map(|(r, _)| r)
 }
 
@@ -407,7 +416,7 @@ fn next_step(
             detail,
         });
     }
-    let (next, next_keys) = parse(&payload)?;
+    let (next, next_keys) = parse(&payload, current_keys)?;
     if next.version <= current.version {
         return Err(RootError::Rollback {
             offered: next.version,
@@ -458,7 +467,7 @@ pub fn walk(current: &Root, chain: &[Envelope]) -> Result<Vec<(Root, Envelope)>,
         }
     }
     let mut taken: Vec<(Root, Envelope)> = Vec::new();
-    let mut trusted_keys = current.checked_keys()?;
+    let mut trusted_keys = current.checked_keys(&BTreeMap::new())?;
     for _ in 0..limits::MAX_WALK {
         let trusted = taken.last().map_or(current, |(r, _)| r);
         let Some(e) = by_version.get(&(trusted.version + 1)) else {
