@@ -158,6 +158,16 @@ pub(crate) fn html(status: StatusCode, body: maud::Markup) -> Response {
     r
 }
 
+/// The signed-in viewer of a page request.
+fn viewer(state: &AppState, headers: &HeaderMap) -> Option<pages::Viewer> {
+    let (_, s) = session(state, headers)?;
+    Some(pages::Viewer {
+        role: s.role,
+        csrf: s.csrf,
+        fragment: fragment(headers),
+    })
+}
+
 fn to_login() -> Response {
     Redirect::to("/ui/login").into_response()
 }
@@ -266,13 +276,8 @@ async fn fleet(
     headers: HeaderMap,
     Query(q): Query<FleetQuery>,
 ) -> Response {
-    let Some((_, s)) = session(&state, &headers) else {
+    let Some(view) = viewer(&state, &headers) else {
         return to_login();
-    };
-    let view = pages::Viewer {
-        role: s.role,
-        csrf: s.csrf,
-        fragment: fragment(&headers),
     };
     html(StatusCode::OK, pages::fleet(&state.fleet, &q, &view))
 }
@@ -282,13 +287,8 @@ async fn cluster(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let Some((_, s)) = session(&state, &headers) else {
+    let Some(view) = viewer(&state, &headers) else {
         return to_login();
-    };
-    let view = pages::Viewer {
-        role: s.role,
-        csrf: s.csrf,
-        fragment: fragment(&headers),
     };
     let fleet = state.fleet.clone();
     let n = name.clone();
@@ -316,13 +316,8 @@ async fn channel(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let Some((_, s)) = session(&state, &headers) else {
+    let Some(view) = viewer(&state, &headers) else {
         return to_login();
-    };
-    let view = pages::Viewer {
-        role: s.role,
-        csrf: s.csrf,
-        fragment: fragment(&headers),
     };
     let Some(mut c) = state
         .fleet
