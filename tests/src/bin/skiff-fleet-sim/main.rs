@@ -260,19 +260,29 @@ async fn etag_mode(
         handles.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut i = w;
+            // ETags this worker was given since (the desired state changed, e.g. the hub's
+            // first build landed after the first polls): used from then on, as an agent would.
+            let mut newer: std::collections::HashMap<usize, String> = Default::default();
             while Instant::now() < stop {
-                let (name, token) = &clusters[i % clusters.len()];
+                let k = i % clusters.len();
+                let (name, token) = &clusters[k];
                 let t = Instant::now();
                 let r = http
                     .get(format!("{hub}/v1/clusters/{name}/desired"))
                     .bearer_auth(token)
-                    .header("If-None-Match", &etags[i % clusters.len()])
+                    .header("If-None-Match", newer.get(&k).unwrap_or(&etags[k]))
                     .send()
                     .await;
                 match r {
                     Ok(r) if r.status() == reqwest::StatusCode::NOT_MODIFIED => {
                         lat.push(t.elapsed());
                         count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) if r.status() == reqwest::StatusCode::OK => {
+                        if let Some(e) = r.headers().get("etag").and_then(|v| v.to_str().ok()) {
+                            newer.insert(k, e.to_owned());
+                        }
+                        let _ = r.bytes().await;
                     }
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
