@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use skiff_tests::agent::{AgentProcess, wait_for, write_config};
+use skiff_tests::agent::wait_for;
 use skiff_tests::hub::HubProcess;
+use skiff_tests::ui_fleet::{UiFleet, VIEWER_TOKEN, configmap};
 
 const WAIT: Duration = Duration::from_secs(45);
-const VIEWER: &str = "viewer-token-for-tests-0123456789";
 
 /// An HTTP answer: status, headers (raw), body.
 struct Answer {
@@ -84,55 +84,13 @@ fn post(hub: &HubProcess, cookie: &str, path: &str, csrf: Option<&str>) -> u16 {
 
 #[test]
 fn sign_in_read_the_fleet_see_drift_and_steer_a_rollout() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = skiff_tests::GitRepo::init(&tmp.path().join("fleet"));
-    repo.write(
-        "apps/app.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app, namespace: demo}\ndata: {version: v1}\n",
-    );
-    repo.commit_all("v1");
-    std::fs::write(tmp.path().join("viewer.token"), VIEWER).unwrap();
-    let config = format!(
-        "dashboard: {{viewer_token_file: {}}}\nrepos:\n  - {{name: fleet, url: \"{}\", poll: 1s}}\nchannels:\n  - name: demo\n    repo: fleet\n    branch: main\n    path: apps\n    targets: {{labels: {{tier: shop}}}}\n    rollout: {{steps: [{{name: canary, clusters: [shop-0], soak: 1h}}, {{name: rest}}]}}\n",
-        tmp.path().join("viewer.token").display(),
-        repo.path().display()
-    );
-    let hub = HubProcess::start(&tmp.path().join("hub"), &config);
-    let mut agents = Vec::new();
-    for i in 0..2 {
-        let name = format!("shop-{i}");
-        let token = hub.add_cluster(
-            &name,
-            &["tier=shop", if i == 0 { "region=eu" } else { "region=us" }],
-        );
-        let out = tmp.path().join(format!("{name}-out"));
-        let config = write_config(
-            &tmp.path().join(&name),
-            &name,
-            &hub.public_key(),
-            &format!("dir:{}", out.display()),
-            &format!(
-                "hub: {}\ntoken: {token}\ndrift_interval: 1s\nself_heal: false\n",
-                hub.url()
-            ),
-        );
-        agents.push((out, AgentProcess::start(&config)));
-    }
-    let file = |i: usize| agents[i].0.join("demo/demo/configmap.app.yaml");
-    // The first generation rolls out through the plan too: the canary, then (promoted past
-    // its hour of soak) the rest.
-    assert!(wait_for(WAIT, || file(0).exists()), "{}", agents[0].1.log());
-    assert!(!file(1).exists(), "the rest waits for the canary's soak");
-    assert!(wait_for(WAIT, || hub
-        .admin(&["rollout", "status", "demo"])
-        .success()
-        .stdout
-        .contains("soaking until")));
-    hub.admin(&["rollout", "promote", "demo"]).success();
-    assert!(wait_for(WAIT, || file(1).exists()), "{}", agents[1].1.log());
+    let ui = UiFleet::start(&["eu", "us"], false);
+    let (hub, repo) = (&ui.hub, &ui.repo);
+    let agents = &ui.sites;
+    let file = |i: usize| ui.file(i);
 
     // Without a session: to the sign-in page; a wrong token is refused.
-    let (status, _) = get(&hub, "skiff_session=forged", "/ui");
+    let (status, _) = get(hub, "skiff_session=forged", "/ui");
     assert_eq!(status, 303);
     let r = curl(
         &format!("{}/ui/login", hub.url()),
@@ -140,15 +98,15 @@ fn sign_in_read_the_fleet_see_drift_and_steer_a_rollout() {
     );
     assert_eq!(r.status, 401);
 
-    let admin = sign_in(&hub, &hub.admin_token);
+    let admin = sign_in(hub, &hub.admin_token);
     assert!(
-        wait_for(WAIT, || get(&hub, &admin, "/ui")
+        wait_for(WAIT, || get(hub, &admin, "/ui")
             .1
             .contains("state=synced\"><strong>2</strong>")),
         "{}",
-        get(&hub, &admin, "/ui").1
+        get(hub, &admin, "/ui").1
     );
-    let (status, fleet) = get(&hub, &admin, "/ui?group=region");
+    let (status, fleet) = get(hub, &admin, "/ui?group=region");
     assert_eq!(status, 200);
     for needle in [
         "shop-0",
@@ -164,7 +122,7 @@ fn sign_in_read_the_fleet_see_drift_and_steer_a_rollout() {
         !fleet.contains("http://") && !fleet.contains("https://"),
         "{fleet}"
     );
-    let (_, filtered) = get(&hub, &admin, "/ui?q=shop-1");
+    let (_, filtered) = get(hub, &admin, "/ui?q=shop-1");
     assert!(
         filtered.contains("shop-1") && !filtered.contains(">shop-0<"),
         "{filtered}"
@@ -174,61 +132,52 @@ fn sign_in_read_the_fleet_see_drift_and_steer_a_rollout() {
     let text = std::fs::read_to_string(file(1)).unwrap();
     std::fs::write(file(1), text.replace("v1", "edited-by-hand")).unwrap();
     assert!(
-        wait_for(WAIT, || get(&hub, &admin, "/ui/clusters/shop-1")
+        wait_for(WAIT, || get(hub, &admin, "/ui/clusters/shop-1")
             .1
             .contains("edited-by-hand")),
         "{}",
         agents[1].1.log()
     );
-    let (_, page) = get(&hub, &admin, "/ui/clusters/shop-1");
+    let (_, page) = get(hub, &admin, "/ui/clusters/shop-1");
     assert!(
         page.contains("Drifted objects") && page.contains("region=us"),
         "{page}"
     );
-    let (_, fleet) = get(&hub, &admin, "/ui?state=drifted");
+    let (_, fleet) = get(hub, &admin, "/ui?state=drifted");
     assert!(fleet.contains("shop-1"), "{fleet}");
 
     // A new commit starts a rollout; it soaks at the canary. Pause and resume it.
-    repo.write(
-        "apps/app.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app, namespace: demo}\ndata: {version: v2}\n",
-    );
+    repo.write("apps/app.yaml", configmap("v2"));
     repo.commit_all("v2");
     assert!(
-        wait_for(WAIT, || get(&hub, &admin, "/ui/channels/demo")
+        wait_for(WAIT, || get(hub, &admin, "/ui/channels/demo")
             .1
             .contains("soaking until")),
         "{}",
-        get(&hub, &admin, "/ui/channels/demo").1
+        get(hub, &admin, "/ui/channels/demo").1
     );
-    let (_, page) = get(&hub, &admin, "/ui/channels/demo");
+    let (_, page) = get(hub, &admin, "/ui/channels/demo");
     let token = csrf(&page);
-    assert_eq!(post(&hub, &admin, "/ui/channels/demo/rollout/pause", None), 403);
+    assert_eq!(post(hub, &admin, "/ui/channels/demo/rollout/pause", None), 403);
     assert_eq!(
-        post(&hub, &admin, "/ui/channels/demo/rollout/pause", Some("wrong")),
+        post(hub, &admin, "/ui/channels/demo/rollout/pause", Some("wrong")),
         403
     );
-    let paused = || {
-        let out = hub
-            .admin(&["rollout", "status", "demo", "--output", "json"])
-            .success()
-            .stdout;
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["phase"].clone()
-    };
+    let paused = || ui.phase();
     assert_eq!(paused(), "running");
     assert_eq!(
-        post(&hub, &admin, "/ui/channels/demo/rollout/pause", Some(&token)),
+        post(hub, &admin, "/ui/channels/demo/rollout/pause", Some(&token)),
         303
     );
     assert_eq!(paused(), "paused");
 
     // A viewer reads, and the server refuses its actions (not only greyed-out buttons).
-    let viewer = sign_in(&hub, VIEWER);
-    let (_, page) = get(&hub, &viewer, "/ui/channels/demo");
+    let viewer = sign_in(hub, VIEWER_TOKEN);
+    let (_, page) = get(hub, &viewer, "/ui/channels/demo");
     assert!(page.contains("viewer") && page.contains("disabled"), "{page}");
     assert_eq!(
         post(
-            &hub,
+            hub,
             &viewer,
             "/ui/channels/demo/rollout/resume",
             Some(&csrf(&page))
@@ -237,7 +186,7 @@ fn sign_in_read_the_fleet_see_drift_and_steer_a_rollout() {
     );
     assert_eq!(paused(), "paused");
     assert_eq!(
-        post(&hub, &admin, "/ui/channels/demo/rollout/resume", Some(&token)),
+        post(hub, &admin, "/ui/channels/demo/rollout/resume", Some(&token)),
         303
     );
     assert_eq!(paused(), "running");

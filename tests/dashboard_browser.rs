@@ -10,8 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
-use skiff_tests::agent::{AgentProcess, wait_for, write_config};
+use skiff_tests::agent::wait_for;
 use skiff_tests::hub::{HubProcess, free_port};
+use skiff_tests::ui_fleet::{UiFleet, VIEWER_TOKEN, configmap};
 
 const WAIT: Duration = Duration::from_secs(45);
 
@@ -47,20 +48,6 @@ async fn shot(c: &fantoccini::Client, name: &str) -> PathBuf {
     let path = artifacts().join(format!("dashboard-{name}.png"));
     std::fs::write(&path, c.screenshot().await.unwrap()).unwrap();
     path
-}
-
-fn cm(version: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app, namespace: demo}}\ndata: {{version: {version}}}\n"
-    )
-}
-
-fn phase(hub: &HubProcess) -> serde_json::Value {
-    let out = hub
-        .admin(&["rollout", "status", "demo", "--output", "json"])
-        .success()
-        .stdout;
-    serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["phase"].clone()
 }
 
 async fn sign_in(c: &fantoccini::Client, hub: &HubProcess, token: &str) {
@@ -141,46 +128,15 @@ async fn a_browser_signs_in_watches_drift_corrected_and_steers_a_rollout() {
     let Some((_driver, port)) = start_driver() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = skiff_tests::GitRepo::init(&tmp.path().join("fleet"));
-    repo.write("apps/app.yaml", cm("v1"));
-    repo.commit_all("v1");
-    let viewer = "viewer-token-for-tests-0123456789";
-    std::fs::write(tmp.path().join("viewer.token"), viewer).unwrap();
-    let config = format!(
-        "dashboard: {{viewer_token_file: {}}}\nrepos:\n  - {{name: fleet, url: \"{}\", poll: 1s}}\nchannels:\n  - name: demo\n    repo: fleet\n    branch: main\n    path: apps\n    targets: {{labels: {{tier: shop}}}}\n    rollout: {{steps: [{{name: canary, clusters: [shop-0], soak: 1h}}, {{name: rest}}]}}\n",
-        tmp.path().join("viewer.token").display(),
-        repo.path().display()
-    );
-    let hub = HubProcess::start(&tmp.path().join("hub"), &config);
-    let mut agents = Vec::new();
-    for (i, region) in ["eu", "eu", "us"].iter().enumerate() {
-        let name = format!("shop-{i}");
-        let token = hub.add_cluster(&name, &["tier=shop", &format!("region={region}")]);
-        let out = tmp.path().join(format!("{name}-out"));
-        let config = write_config(
-            &tmp.path().join(&name),
-            &name,
-            &hub.public_key(),
-            &format!("dir:{}", out.display()),
-            &format!("hub: {}\ntoken: {token}\ndrift_interval: 1s\n", hub.url()),
-        );
-        agents.push((out, AgentProcess::start(&config)));
-    }
-    let file = |i: usize| agents[i].0.join("demo/demo/configmap.app.yaml");
-    assert!(wait_for(WAIT, || file(0).exists()), "{}", agents[0].1.log());
-    assert!(wait_for(WAIT, || phase(&hub) == "running"
-        && hub
-            .admin(&["rollout", "status"])
-            .success()
-            .stdout
-            .contains("soaking")));
-    hub.admin(&["rollout", "promote", "demo"]).success();
-    assert!(wait_for(WAIT, || (0..3).all(|i| file(i).exists())));
+    let fleet = UiFleet::start(&["eu", "eu", "us"], true);
+    let (hub, repo) = (&fleet.hub, &fleet.repo);
+    let agents = &fleet.sites;
+    let file = |i: usize| fleet.file(i);
+    let viewer = VIEWER_TOKEN;
 
     let profile = tempfile::tempdir().unwrap();
     let c = browser(port, profile.path()).await;
-    sign_in(&c, &hub, &hub.admin_token).await;
+    sign_in(&c, hub, &hub.admin_token).await;
     assert!(
         wait_text(&c, "state=synced\"><strong>3</strong>").await,
         "{}",
@@ -223,7 +179,7 @@ async fn a_browser_signs_in_watches_drift_corrected_and_steers_a_rollout() {
     shot(&c, "cluster").await;
 
     // A new commit rolls out; it soaks at the canary; pause and resume from the page.
-    repo.write("apps/app.yaml", cm("v2"));
+    repo.write("apps/app.yaml", configmap("v2"));
     repo.commit_all("v2");
     c.goto(&format!("{}/ui/channels/demo", hub.url())).await.unwrap();
     assert!(
@@ -248,7 +204,7 @@ async fn a_browser_signs_in_watches_drift_corrected_and_steers_a_rollout() {
         "{}",
         c.source().await.unwrap()
     );
-    assert_eq!(phase(&hub), "paused");
+    assert_eq!(fleet.phase(), "paused");
     shot(&c, "channel").await;
     c.find(Locator::Id("rollout-resume"))
         .await
@@ -257,7 +213,7 @@ async fn a_browser_signs_in_watches_drift_corrected_and_steers_a_rollout() {
         .await
         .unwrap();
     assert!(wait_text(&c, "badge ok\">running").await);
-    assert_eq!(phase(&hub), "running");
+    assert_eq!(fleet.phase(), "running");
 
     // A viewer: the buttons are disabled, and the server refuses the action anyway.
     c.find(Locator::Css("header form button"))
@@ -267,7 +223,7 @@ async fn a_browser_signs_in_watches_drift_corrected_and_steers_a_rollout() {
         .await
         .unwrap();
     assert!(wait_text(&c, "Admin or viewer token").await);
-    sign_in(&c, &hub, viewer).await;
+    sign_in(&c, hub, viewer).await;
     c.goto(&format!("{}/ui/channels/demo", hub.url())).await.unwrap();
     let pause = c.find(Locator::Id("rollout-pause")).await.unwrap();
     assert!(
@@ -284,7 +240,7 @@ async fn a_browser_signs_in_watches_drift_corrected_and_steers_a_rollout() {
         .await
         .unwrap();
     assert_eq!(status, 403);
-    assert_eq!(phase(&hub), "running");
+    assert_eq!(fleet.phase(), "running");
     shot(&c, "viewer").await;
     c.close().await.unwrap();
 }

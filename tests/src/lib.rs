@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cluster;
 pub mod hub;
 pub mod kube;
+pub mod ui_fleet;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
