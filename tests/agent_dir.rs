@@ -179,6 +179,23 @@ fn hub_to_agent_with_outage_restart_and_reports_delivered_once_in_order() {
     repo.commit_all("extra");
     let extra = target.join("demo/demo/configmap.extra.yaml");
     assert!(wait_for(WAIT, || extra.exists()), "{}", agent_proc.log());
+    // The hub's own history is the truth (status.json is rewritten at most every 2 s).
+    let history = |hub: &HubProcess| {
+        let hist = std::process::Command::new("curl")
+            .args(["-sf", "-H", &format!("Authorization: Bearer {}", hub.admin_token)])
+            .arg(format!("{}/v1/admin/clusters/edge-1/reports", hub.url()))
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Vec<serde_json::Value>>(&hist.stdout).unwrap_or_default()
+    };
+    // The file shows up while the apply is still writing: wait for the apply to finish (its
+    // report reaches the hub) before pulling the plug, or the restart re-applies it instead.
+    assert!(
+        wait_for(WAIT, || history(&hub).len() >= 2),
+        "{:?}\n{}",
+        history(&hub),
+        agent_proc.log()
+    );
 
     // Hub down: the agent keeps its state; a restart re-applies from the store.
     hub.kill();
@@ -209,22 +226,13 @@ fn hub_to_agent_with_outage_restart_and_reports_delivered_once_in_order() {
 
     // Hub back: every queued report arrives, once, in order.
     hub.spawn();
-    // The hub's own history is the truth (status.json is rewritten at most every 2 s).
-    let history = || {
-        let hist = std::process::Command::new("curl")
-            .args(["-sf", "-H", &format!("Authorization: Bearer {}", hub.admin_token)])
-            .arg(format!("{}/v1/admin/clusters/edge-1/reports", hub.url()))
-            .output()
-            .unwrap();
-        serde_json::from_slice::<Vec<serde_json::Value>>(&hist.stdout).unwrap_or_default()
-    };
     assert!(
-        wait_for(WAIT, || history().len() >= 3 && status()["outbox"] == 0),
+        wait_for(WAIT, || history(&hub).len() >= 3 && status()["outbox"] == 0),
         "{:?}\n{}",
-        history(),
+        history(&hub),
         agent_proc.log()
     );
-    let reports = history();
+    let reports = history(&hub);
     let seqs: Vec<u64> = reports.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     let mut sorted = seqs.clone();
     sorted.sort_unstable();
