@@ -120,6 +120,8 @@ pub struct Agent {
     apply_lock: tokio::sync::Mutex<()>,
     /// The import folder's root files as last read (read again only when they change).
     root_files: std::sync::Mutex<Vec<(PathBuf, ImportStamp)>>,
+    /// Whether a channel may hold a deferred generation (the store is looked at only then).
+    maybe_pending: std::sync::atomic::AtomicBool,
 }
 
 /// A snapshot for `skiff-agent status` while the agent runs (the store is locked then).
@@ -212,6 +214,7 @@ impl Agent {
             )),
             apply_lock: tokio::sync::Mutex::new(()),
             root_files: std::sync::Mutex::new(Vec::new()),
+            maybe_pending: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -441,6 +444,7 @@ impl Agent {
                 self.store.put_bundle_file(&s.bundle.sha256, tarball)?;
                 state.pending = Some(new);
                 self.store.put_channel(&s.channel, &state)?;
+                self.maybe_pending.store(true, Ordering::Relaxed);
                 self.report_deferred(&s.channel, &state, s.generation, &d);
                 return Ok(Offered::Deferred(d.message));
             }
@@ -1259,6 +1263,11 @@ impl Agent {
     async fn apply_pending(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
+            // The store is read only while something may wait (set when a generation is
+            // deferred; true at start, for what an earlier run left waiting).
+            if !self.maybe_pending.load(Ordering::Relaxed) {
+                continue;
+            }
             let waiting: Vec<String> = self
                 .store
                 .channels()
@@ -1269,7 +1278,11 @@ impl Agent {
                         .collect()
                 })
                 .unwrap_or_default();
-            if waiting.is_empty() || self.deferral().is_some() {
+            if waiting.is_empty() {
+                self.maybe_pending.store(false, Ordering::Relaxed);
+                continue;
+            }
+            if self.deferral().is_some() {
                 continue;
             }
             for channel in waiting {

@@ -25,7 +25,7 @@ pub fn values(channel: &ChannelConfig, cluster: &ClusterRecord) -> BTreeMap<Stri
         .customizations
         .iter()
         .enumerate()
-        .filter(|(_, z)| z.selector.iter().all(|(k, v)| cluster.labels.get(k) == Some(v)))
+        .filter(|(_, z)| crate::config::selects(&z.selector, &cluster.labels))
         .map(|(i, z)| (z.selector.len(), i))
         .collect();
     matching.sort();

@@ -103,6 +103,11 @@ fn default_poll() -> Duration {
     Duration::from_secs(60)
 }
 
+/// Whether `labels` carry every label of `selector` (an empty selector selects all).
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// Which clusters a channel goes to.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,7 +132,7 @@ impl Targets {
         if self.clusters.contains(name) {
             return true;
         }
-        !self.labels.is_empty() && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        !self.labels.is_empty() && selects(&self.labels, labels)
     }
 }
 
@@ -258,8 +263,7 @@ pub struct WindowConfig {
 impl MaintenanceConfig {
     /// Whether it picks this cluster.
     pub fn picks(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
-        self.clusters.contains(name)
-            || (!self.selector.is_empty() && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        self.clusters.contains(name) || (!self.selector.is_empty() && selects(&self.selector, labels))
     }
 
     /// As the assignment carries it.

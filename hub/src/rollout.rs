@@ -198,7 +198,7 @@ pub fn steps_of(plan: &RolloutPlan, channel: &str, clusters: &[Member<'_>]) -> B
         let taken: Vec<&str> = if !step.selector.is_empty() {
             remaining
                 .iter()
-                .filter(|m| step.selector.iter().all(|(k, v)| m.labels.get(k) == Some(v)))
+                .filter(|m| crate::config::selects(&step.selector, m.labels))
                 .map(|m| m.name)
                 .collect()
         } else if !step.clusters.is_empty() {

@@ -75,7 +75,16 @@ impl Agent {
     fn window_now() -> Timestamp {
         std::env::var_os(WINDOW_CLOCK_ENV)
             .map(PathBuf::from)
-            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|p| {
+                use std::io::Read as _;
+                let mut text = String::new();
+                std::fs::File::open(p)
+                    .ok()?
+                    .take(64)
+                    .read_to_string(&mut text)
+                    .ok()?;
+                Some(text)
+            })
             .and_then(|t| humantime::parse_rfc3339(t.trim()).ok())
             .map_or_else(Timestamp::now, Timestamp::from)
     }
