@@ -770,3 +770,246 @@ async fn lists_page_with_limit_and_continue_and_updates_keep_allocated_addresses
     assert_eq!(replaced.spec.unwrap().cluster_ip, ip);
     cleanup(&c, &ns).await;
 }
+
+/// Namespace lifecycle: deleting a namespace marks it `Terminating` and its content is
+/// deleted; an object with a finalizer is only marked and holds the namespace (its
+/// conditions say which finalizer) until the finalizer goes; meanwhile nothing new may be
+/// created in it (403), no finalizer may be added to what is being deleted (422), and a
+/// second delete is a 409.
+#[tokio::test]
+async fn a_terminating_namespace_refuses_new_content_until_its_finalizers_are_gone() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let namespaces: Api<Namespace> = Api::all(c.client.clone());
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns);
+    let mut held = cm("held", json!({"a": "1"}));
+    held.metadata.finalizers = Some(vec!["skiff.dev/test-hold".to_owned()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    cms.create(&PostParams::default(), &cm("plain", json!({})))
+        .await
+        .unwrap();
+
+    let answer = namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    let marked = answer.left().expect("the namespace, marked, not a Status");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+
+    let terminating = eventually(Duration::from_secs(60), || async {
+        let phase = namespaces
+            .get(&ns)
+            .await
+            .ok()
+            .and_then(|n| n.status)
+            .and_then(|s| s.phase);
+        let plain_gone = matches!(cms.get("plain").await, Err(kube::Error::Api(s)) if s.code == 404);
+        phase.as_deref() == Some("Terminating") && plain_gone
+    })
+    .await;
+    assert!(
+        terminating,
+        "namespace {ns} is Terminating and its plain content gone"
+    );
+    let kept = cms.get("held").await.expect("the object with a finalizer stays");
+    assert!(
+        kept.metadata.deletion_timestamp.is_some(),
+        "and is marked for deletion"
+    );
+
+    let (code, reason, message) = api_error(cms.create(&PostParams::default(), &cm("late", json!({}))).await);
+    assert_eq!((code, reason.as_str()), (403, "Forbidden"), "{message}");
+    assert!(message.contains("because it is being terminated"), "{message}");
+    let (code, _, message) = api_error(
+        cms.patch("late", &apply("test"), &Patch::Apply(&cm("late", json!({}))))
+            .await,
+    );
+    assert_eq!(code, 403, "an apply that would create is refused too: {message}");
+
+    let more = json!({"metadata": {"finalizers": ["skiff.dev/test-hold", "skiff.dev/another"]}});
+    let (code, _, message) = api_error(
+        cms.patch("held", &PatchParams::default(), &Patch::Merge(&more))
+            .await,
+    );
+    assert_eq!(code, 422, "{message}");
+    assert!(message.contains("no new finalizers"), "{message}");
+
+    let (code, reason, message) = api_error(namespaces.delete(&ns, &DeleteParams::default()).await);
+    assert_eq!((code, reason.as_str()), (409, "Conflict"), "{message}");
+
+    let reported = eventually(Duration::from_secs(60), || async {
+        namespaces
+            .get(&ns)
+            .await
+            .ok()
+            .and_then(|n| n.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.type_ == "NamespaceFinalizersRemaining"
+                        && c.status == "True"
+                        && c.message
+                            .as_deref()
+                            .is_some_and(|m| m.contains("skiff.dev/test-hold"))
+                })
+            })
+    })
+    .await;
+    assert!(
+        reported,
+        "the namespace's conditions name the finalizer it waits for"
+    );
+
+    let release = json!({"metadata": {"finalizers": null}});
+    cms.patch("held", &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .expect("remove the finalizer");
+    let gone = eventually(Duration::from_secs(120), || async {
+        matches!(namespaces.get(&ns).await, Err(kube::Error::Api(s)) if s.code == 404)
+    })
+    .await;
+    assert!(gone, "namespace {ns} goes once its last finalizer is removed");
+}
+
+/// Unknown fields of built-in kinds: server-side apply cannot build its typed patch (a 500
+/// naming the field, whatever fieldValidation says); other writes drop them (the default)
+/// or are refused under `fieldValidation=Strict` (400).
+#[tokio::test]
+async fn unknown_fields_of_built_in_kinds_fail_an_apply_and_are_dropped_or_refused_otherwise() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), &ns);
+    let mut typo = deployment("typo", Some(1), "nginx:1");
+    typo["spec"]["replica"] = json!(2);
+    let (code, _, message) = api_error(
+        deployments
+            .patch("typo", &apply("test"), &Patch::Apply(&typo))
+            .await,
+    );
+    assert_eq!(code, 500, "{message}");
+    assert!(message.contains("field not declared in schema"), "{message}");
+    assert!(message.contains("replica"), "names the field: {message}");
+    assert!(
+        deployments.get_opt("typo").await.unwrap().is_none(),
+        "nothing created"
+    );
+
+    let ar = ApiResource::erase::<ConfigMap>(&());
+    let cms: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &ns, &ar);
+    let body: DynamicObject = serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "extra"}, "data": {"a": "1"}, "spec": {"nope": true}}))
+    .unwrap();
+    let created = cms
+        .create(&PostParams::default(), &body)
+        .await
+        .expect("an unknown field is dropped by default");
+    assert!(created.data.get("spec").is_none(), "{:?}", created.data);
+    assert_eq!(created.data["data"]["a"], "1");
+
+    let strict = PatchParams {
+        field_validation: Some(kube::api::ValidationDirective::Strict),
+        ..PatchParams::default()
+    };
+    let (code, reason, message) = api_error(
+        cms.patch("extra", &strict, &Patch::Merge(json!({"spec": {"nope": true}})))
+            .await,
+    );
+    assert_eq!((code, reason.as_str()), (400, "BadRequest"), "{message}");
+    assert!(message.contains("unknown field \"spec\""), "{message}");
+    cleanup(&c, &ns).await;
+}
+
+/// Custom resources follow their CRD's structural schema: unknown fields are pruned (and
+/// fail an apply), defaults are filled in, and types, enums, bounds and required fields
+/// are validated (422 naming the field).
+#[tokio::test]
+async fn custom_resources_are_pruned_defaulted_and_validated_by_the_crd_schema() {
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let group = format!("{}.skiff.test", unique_name("schema"));
+    let crd_name = format!("gadgets.{group}");
+    let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": crd_name},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "required": ["size"], "properties": {
+                        "size": {"type": "integer", "minimum": 1, "maximum": 10},
+                        "color": {"type": "string", "enum": ["red", "blue"], "default": "red"},
+                        "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}}}]},
+    });
+    crds.patch(&crd_name, &apply("skiff"), &Patch::Apply(crd))
+        .await
+        .expect("apply CRD");
+    assert!(eventually(WAIT, || established(&crds, &crd_name)).await);
+    let gvk = GroupVersionKind::gvk(&group, "v1", "Gadget");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "gadgets");
+    let gadgets: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &ns, &ar);
+    let gadget = |spec: Value| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": format!("{group}/v1"), "kind": "Gadget",
+            "metadata": {"name": "g1"}, "spec": spec}))
+        .unwrap()
+    };
+    // The CRD's resource may take a moment to be served after Established.
+    let served = eventually(WAIT, || async {
+        gadgets.list(&ListParams::default()).await.is_ok()
+    })
+    .await;
+    assert!(served, "the new resource is served");
+
+    let created = gadgets
+        .create(
+            &PostParams::default(),
+            &gadget(json!({"size": 3, "sizee": 4, "extra": {"free": {"form": 1}}})),
+        )
+        .await
+        .expect("create with an unknown field");
+    assert!(
+        created.data["spec"].get("sizee").is_none(),
+        "pruned: {:?}",
+        created.data
+    );
+    assert_eq!(created.data["spec"]["color"], "red", "defaulted");
+    assert_eq!(created.data["spec"]["extra"]["free"]["form"], 1, "preserved");
+
+    let (code, _, message) = api_error(
+        gadgets
+            .patch(
+                "g1",
+                &apply("test"),
+                &Patch::Apply(gadget(json!({"size": 3, "sizee": 4}))),
+            )
+            .await,
+    );
+    assert_eq!(code, 500, "{message}");
+    assert!(message.contains("field not declared in schema"), "{message}");
+
+    for (spec, field, words) in [
+        (
+            json!({"size": 3, "color": "pink"}),
+            "spec.color",
+            "Unsupported value",
+        ),
+        (json!({"size": 11}), "spec.size", "less than or equal to 10"),
+        (json!({"size": "three"}), "spec.size", "must be of type integer"),
+        (json!({"color": "red"}), "spec.size", "Required value"),
+    ] {
+        let mut refused = gadget(spec.clone());
+        refused.metadata.name = Some("g2".to_owned());
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        let (code, reason, message) = api_error(gadgets.create(&dry_run, &refused).await);
+        assert_eq!((code, reason.as_str()), (422, "Invalid"), "{spec}: {message}");
+        assert!(
+            message.contains(field) && message.contains(words),
+            "{spec}: {message}"
+        );
+    }
+    let _ = crds.delete(&crd_name, &DeleteParams::default()).await;
+    cleanup(&c, &ns).await;
+}

@@ -258,3 +258,132 @@ fn kubectl_scale_sets_replicas_through_the_scale_subresource() {
     );
     assert_eq!(replicas.trim(), "4");
 }
+
+/// The edits people make by hand: `kubectl patch` (strategic merge, kubectl's default),
+/// `kubectl set image` and client-side `kubectl apply` all send strategic merge patches.
+#[test]
+fn kubectl_patch_strategic_set_image_and_client_side_apply() {
+    let server = KubeTestServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kc).unwrap();
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: default}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - {name: web, image: nginx:1, env: [{name: A, value: \"1\"}]}\n      - {name: sidecar, image: envoy:1}\n";
+    let (applied, _, err) = kubectl(&kc, &["apply", "-f", "-"], Some(deployment));
+    assert!(applied, "client-side apply creates: {err}");
+    ok(
+        &kc,
+        &[
+            "patch",
+            "deployment",
+            "web",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","env":[{"name":"B","value":"2"}]}]}}}}"#,
+        ],
+    );
+    ok(&kc, &["set", "image", "deployment/web", "sidecar=envoy:2"]);
+    let containers = ok(
+        &kc,
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers}",
+        ],
+    );
+    let containers: serde_json::Value = serde_json::from_str(&containers).unwrap();
+    assert_eq!(containers[0]["image"], "nginx:1", "{containers}");
+    assert_eq!(
+        containers[0]["env"],
+        serde_json::json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]),
+        "merged by name: {containers}"
+    );
+    assert_eq!(containers[1]["image"], "envoy:2", "{containers}");
+
+    // Client-side apply again with the sidecar gone: the three-way patch removes it.
+    let without = deployment.replace("      - {name: sidecar, image: envoy:1}\n", "");
+    let (applied, _, err) = kubectl(&kc, &["apply", "-f", "-"], Some(&without));
+    assert!(applied, "{err}");
+    let names = ok(
+        &kc,
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[*].name}",
+        ],
+    );
+    assert_eq!(names.trim(), "web");
+}
+
+/// `kubectl create namespace|configmap|secret` send protobuf bodies (client-go's typed
+/// clients); the test server reads them for those kinds.
+#[test]
+fn kubectl_create_namespace_configmap_and_secret() {
+    let server = KubeTestServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kc).unwrap();
+    ok(&kc, &["create", "namespace", "made-by-hand"]);
+    ok(
+        &kc,
+        &[
+            "create",
+            "configmap",
+            "settings",
+            "-n",
+            "made-by-hand",
+            "--from-literal=mode=edge",
+        ],
+    );
+    ok(
+        &kc,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "-n",
+            "made-by-hand",
+            "--from-literal=token=s3cret",
+        ],
+    );
+    let phase = ok(
+        &kc,
+        &[
+            "get",
+            "namespace",
+            "made-by-hand",
+            "-o",
+            "jsonpath={.status.phase}",
+        ],
+    );
+    assert_eq!(phase.trim(), "Active");
+    let mode = ok(
+        &kc,
+        &[
+            "get",
+            "configmap",
+            "settings",
+            "-n",
+            "made-by-hand",
+            "-o",
+            "jsonpath={.data.mode}",
+        ],
+    );
+    assert_eq!(mode.trim(), "edge");
+    let token = ok(
+        &kc,
+        &[
+            "get",
+            "secret",
+            "creds",
+            "-n",
+            "made-by-hand",
+            "-o",
+            "jsonpath={.data.token}",
+        ],
+    );
+    assert_eq!(token.trim(), "czNjcmV0", "base64 of the value");
+}

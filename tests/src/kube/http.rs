@@ -162,21 +162,44 @@ pub async fn handle(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let content_type = headers
+    let mut content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    // This server speaks JSON (and YAML): a protobuf body gets the 415 a real server gives
-    // for a media type it does not accept, so clients fall back to JSON.
+    // Protobuf bodies are read for the kinds `kubectl create` makes; other kinds get the 415
+    // of a server that does not read them.
+    let mut body = body;
     if content_type.starts_with("application/vnd.kubernetes.protobuf") && !body.is_empty() {
-        return error(&ApiError::unsupported_media_type(&content_type));
+        match super::protobuf::decode(&body) {
+            Ok(Some(object)) => {
+                body = axum::body::Bytes::from(object.to_string());
+                content_type = "application/json".to_owned();
+            }
+            Ok(None) => return error(&ApiError::unsupported_media_type(&content_type)),
+            Err(why) => {
+                return error(&ApiError::bad_request(format!(
+                    "the protobuf body cannot be read: {why}"
+                )));
+            }
+        }
     }
     let mut state = shared.state.lock().expect("state lock");
-    match route(&mut state, &method, &path, &query, &headers, &content_type, &body) {
+    state.field_validation =
+        super::schema::FieldValidation::from_query(query.get("fieldValidation").map(String::as_str));
+    state.warnings.clear();
+    let mut response = match route(&mut state, &method, &path, &query, &headers, &content_type, &body) {
         Ok((code, v)) => json_response(code, &v),
         Err(e) => error(&e),
+    };
+    for warning in state.warnings.drain(..) {
+        // As kube-apiserver writes them: `299 - "text"`.
+        let text = format!("299 - {}", Value::String(warning));
+        if let Ok(value) = text.parse() {
+            response.headers_mut().append(header::WARNING, value);
+        }
     }
+    response
 }
 
 fn route(
@@ -247,12 +270,20 @@ fn route(
             .ok_or_else(|| ApiError::no_resource(path))?;
         return scale(state, &rt, ns, name, method, query, headers, content_type, body);
     }
+    let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
+    if target.sub.as_deref() == Some("finalize") {
+        let name = target.name.as_deref().unwrap_or_default();
+        if *method != Method::PUT {
+            return Err(ApiError::method_not_allowed(method, path));
+        }
+        let body = parse_body(content_type, body)?;
+        return ok(state.finalize_namespace(name, &body, dry_run)?);
+    }
     let sub = match target.sub.as_deref() {
         None => Sub::Main,
         Some("status") if rt.status => Sub::Status,
         Some(_) => return Err(ApiError::no_resource(path)),
     };
-    let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
     if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
         return Err(ApiError {
             code: 405,
@@ -332,6 +363,18 @@ fn route(
                         )?,
                     )
                 }
+                "application/strategic-merge-patch+json" if rt.crd.is_none() => {
+                    let patch = parse_body("application/json", body)?;
+                    ok(state.strategic_patch(
+                        &rt,
+                        ns,
+                        name,
+                        &patch,
+                        &manager_of(query, headers),
+                        sub,
+                        dry_run,
+                    )?)
+                }
                 "application/json-patch+json" => {
                     let patch = parse_body("application/json", body)?;
                     ok(state.json_patch(&rt, ns, name, &patch, &manager_of(query, headers), sub, dry_run)?)
@@ -346,14 +389,7 @@ fn route(
             }
             ok(state.delete(&rt, ns, name, dry_run)?)
         }
-        _ => Err(ApiError {
-            code: 405,
-            reason: "MethodNotAllowed",
-            message: format!(
-                "the server does not allow this method on the requested resource ({method} {path})"
-            ),
-            details: None,
-        }),
+        _ => Err(ApiError::method_not_allowed(&method, path)),
     }
 }
 

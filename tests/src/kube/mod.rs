@@ -11,8 +11,11 @@ mod fields;
 mod http;
 mod immutable;
 mod jsonpatch;
+mod protobuf;
 mod resources;
+mod schema;
 mod store;
+mod strategic;
 mod validation;
 
 use std::net::SocketAddr;

@@ -11,6 +11,9 @@ use serde_json::{Map, Value, json};
 use super::defaults::{self, Allocator};
 use super::fields::{self, FieldSet, Pe};
 use super::resources::{self, ResourceType};
+use super::schema::{self, FieldValidation};
+
+mod lifecycle;
 
 /// A failed request, rendered as a `Status` object.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,6 +91,15 @@ impl ApiError {
         }
     }
 
+    /// 405: the method is not served here.
+    pub fn method_not_allowed(method: &impl std::fmt::Display, path: &str) -> Self {
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method} {path})"),
+        )
+    }
+
     /// 415 for a body (or patch) type the server does not take.
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(
@@ -95,7 +107,7 @@ impl ApiError {
             "UnsupportedMediaType",
             format!(
                 "the body of the request was in an unknown format ({content_type}) - accepted media types include: \
-                 application/merge-patch+json, application/apply-patch+yaml"
+                 application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
             ),
         )
     }
@@ -155,6 +167,10 @@ pub struct State {
     uid_counter: u64,
     hasher: std::collections::hash_map::RandomState,
     alloc: Allocator,
+    /// How the request being served treats unknown fields (set per request).
+    pub(super) field_validation: FieldValidation,
+    /// Warnings for the request being served (`Warning` headers), taken by the handler.
+    pub(super) warnings: Vec<String>,
 }
 
 fn now() -> String {
@@ -204,6 +220,8 @@ impl State {
             uid_counter: 0,
             hasher: std::collections::hash_map::RandomState::new(),
             alloc: Allocator::default(),
+            field_validation: FieldValidation::default(),
+            warnings: Vec::new(),
         };
         let ns = state.find("", "v1", "namespaces").expect("namespaces");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -515,6 +533,25 @@ impl State {
         self.write_update(rt, ns, name, old, new, manager, sub, dry_run)
     }
 
+    /// PATCH with `application/strategic-merge-patch+json` (built-in kinds only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn strategic_patch(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        patch: &Value,
+        manager: &str,
+        sub: Sub,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let old = self.existing(rt, ns, name)?;
+        let mut new = Self::render(rt, &old);
+        super::strategic::apply(&mut new, patch).map_err(ApiError::bad_request)?;
+        self.check_identity(rt, ns, Some(name), &new)?;
+        self.write_update(rt, ns, name, old, new, manager, sub, dry_run)
+    }
+
     /// PATCH with an RFC 6902 JSON Patch.
     #[allow(clippy::too_many_arguments)]
     pub fn json_patch(
@@ -597,6 +634,24 @@ impl State {
         dry_run: bool,
     ) -> Result<(Value, bool), ApiError> {
         self.check_identity(rt, ns, Some(name), &config)?;
+        // Server-side apply builds a typed patch from the configuration: a field the schema
+        // lacks fails that (kube-apiserver answers with a plain 500), whatever fieldValidation.
+        if let Some(path) = self.unknown_fields(rt, &config).first() {
+            let gv = if rt.group.is_empty() {
+                format!("/{}", rt.version)
+            } else {
+                rt.api_version()
+            };
+            return Err(ApiError::new(
+                500,
+                "",
+                format!(
+                    "failed to create typed patch object ({gv}, Kind={}): .{}: field not declared in schema",
+                    rt.kind,
+                    schema::dotted(path)
+                ),
+            ));
+        }
         let scope = |p: &[Pe]| bookkeeping(p) || (rt.status && (is_status(p) != (sub == Sub::Status)));
         let applied = fields::field_set(&config, &scope);
         let subresource = (sub == Sub::Status).then(|| "status".to_owned());
@@ -708,7 +763,14 @@ impl State {
         }
         meta.remove("managedFields");
         meta.remove("selfLink");
-        for k in ["uid", "creationTimestamp", "resourceVersion", "generation"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "resourceVersion",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             meta.remove(k);
             if let Some(v) = old.and_then(|o| o.object.pointer(&format!("/metadata/{k}"))) {
                 meta.insert(k.to_owned(), v.clone());
@@ -761,6 +823,10 @@ impl State {
                 spec.insert("clusterIPs".to_owned(), ips.clone());
             }
         }
+        match old {
+            Some(o) => Self::check_finalizers(rt, name, &o.object, &object)?,
+            None => self.check_namespace_open(rt, ns, name)?,
+        }
         let crd_types = if rt.kind == "CustomResourceDefinition" && rt.crd.is_none() {
             Some(
                 resources::from_crd(&object)
@@ -769,7 +835,45 @@ impl State {
         } else {
             None
         };
+        let unknown = self.unknown_fields(rt, &object);
+        if !unknown.is_empty() {
+            let named: Vec<String> = unknown
+                .iter()
+                .map(|p| format!("unknown field \"{}\"", schema::dotted(p)))
+                .collect();
+            match self.field_validation {
+                FieldValidation::Strict => {
+                    return Err(ApiError::bad_request(format!(
+                        "strict decoding error: {}",
+                        named.join(", ")
+                    )));
+                }
+                FieldValidation::Warn => self.warnings.extend(named),
+                FieldValidation::Ignore => {}
+            }
+            schema::remove_all(&mut object, &unknown);
+        }
         defaults::apply(&rt.kind, &mut object, &mut self.alloc);
+        if let Some(crd_schema) = self.crd_schema(rt) {
+            schema::apply_defaults(&crd_schema, &mut object);
+            let problems = schema::crd_problems(&crd_schema, &object);
+            if let [(field, detail)] = problems.as_slice() {
+                return Err(ApiError::invalid(rt, name, field, detail));
+            }
+            if !problems.is_empty() {
+                let all: Vec<String> = problems.iter().map(|(f, d)| format!("{f}: {d}")).collect();
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!(
+                        "{}.{} \"{name}\" is invalid: [{}]",
+                        rt.kind,
+                        rt.group,
+                        all.join(", ")
+                    ),
+                ));
+            }
+        }
         if rt.crd.is_none()
             && let Some((field, detail)) = super::validation::problem(&rt.kind, &object)
         {
@@ -873,7 +977,35 @@ impl State {
         if old.is_none() && rt.kind == "Namespace" && rt.group.is_empty() {
             self.bootstrap_namespace(name);
         }
+        if old.is_some() {
+            self.collect_if_finalized(rt, ns, name);
+        }
         Ok(out)
+    }
+
+    /// The `openAPIV3Schema` of a custom resource's version, from its CRD.
+    fn crd_schema(&self, rt: &ResourceType) -> Option<Value> {
+        let crd_name = rt.crd.as_deref()?;
+        let crds = self.find("apiextensions.k8s.io", "v1", "customresourcedefinitions")?;
+        let crd = self.stored(&crds, None, crd_name)?;
+        crd.object
+            .pointer("/spec/versions")?
+            .as_array()?
+            .iter()
+            .find(|v| v.get("name").and_then(Value::as_str) == Some(rt.version.as_str()))?
+            .pointer("/schema/openAPIV3Schema")
+            .cloned()
+    }
+
+    /// Fields of `object` its kind's schema does not declare.
+    fn unknown_fields(&self, rt: &ResourceType, object: &Value) -> Vec<Vec<schema::Seg>> {
+        match self.crd_schema(rt) {
+            Some(s) => schema::crd_unknown_fields(&s, object),
+            None if rt.crd.is_none() => {
+                schema::builtin_unknown_fields(&rt.group, &rt.api_version(), &rt.kind, object)
+            }
+            None => Vec::new(),
+        }
     }
 
     /// What a real cluster's controllers put in every new namespace: the `default`
@@ -897,64 +1029,6 @@ impl State {
             // A new namespace holds nothing yet, so these cannot collide.
             let _ = self.create(&rt, Some(ns), body, "kube-controller-manager", false);
         }
-    }
-
-    /// DELETE one object; deleting a Namespace deletes what is in it, deleting a CRD its
-    /// resources and their objects.
-    pub fn delete(
-        &mut self,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        name: &str,
-        dry_run: bool,
-    ) -> Result<Value, ApiError> {
-        let existing = self.existing(rt, ns, name)?;
-        let uid = existing
-            .object
-            .pointer("/metadata/uid")
-            .cloned()
-            .unwrap_or(Value::Null);
-        let status = json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-            "details": {"name": name, "group": rt.group, "kind": rt.plural, "uid": uid},
-        });
-        if dry_run {
-            return Ok(status);
-        }
-        let key = (
-            ns.filter(|_| rt.namespaced).unwrap_or_default().to_owned(),
-            name.to_owned(),
-        );
-        if let Some(b) = self.objects.get_mut(&(rt.group.clone(), rt.plural.clone())) {
-            b.remove(&key);
-        }
-        self.rv += 1;
-        if rt.kind == "Namespace" && rt.group.is_empty() {
-            let namespaced: Vec<Key> = self
-                .types
-                .iter()
-                .filter(|t| t.namespaced)
-                .map(|t| (t.group.clone(), t.plural.clone()))
-                .collect();
-            for k in namespaced {
-                if let Some(b) = self.objects.get_mut(&k) {
-                    b.retain(|(ons, _), _| ons != name);
-                }
-            }
-        }
-        if rt.kind == "CustomResourceDefinition" && rt.group == "apiextensions.k8s.io" {
-            let removed: Vec<ResourceType> = self
-                .types
-                .iter()
-                .filter(|t| t.crd.as_deref() == Some(name))
-                .cloned()
-                .collect();
-            self.types.retain(|t| t.crd.as_deref() != Some(name));
-            for t in removed {
-                self.objects.remove(&(t.group, t.plural));
-            }
-        }
-        Ok(status)
     }
 }
 
