@@ -336,3 +336,109 @@ async fn an_immutable_change_needs_the_recreate_opt_in() {
         "web-v2"
     );
 }
+
+/// A bundle for a namespace that is still being deleted (a finalizer holds it in
+/// `Terminating`, as a down aggregated API or a stuck controller does): the server refuses
+/// new content with 403 until it is gone, so the agent tries again, saying why, and applies
+/// everything once the namespace has gone and can be created afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_for_a_terminating_namespace_applies_once_the_namespace_is_gone() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+    let c = TestCluster::start().await;
+    let st = setup(&c);
+    let namespaces: Api<Namespace> = Api::all(c.client.clone());
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), &st.ns);
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": st.ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let hold: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "hold", "finalizers": ["skiff.dev/test-hold"]}
+    }))
+    .unwrap();
+    cms.create(&PostParams::default(), &hold).await.unwrap();
+    namespaces.delete(&st.ns, &DeleteParams::default()).await.unwrap();
+
+    let (b, e) = skiff_tests::build_bundle(&st.apps, &st.key, &st.tmp.path().join("out"), &st.channel, 1);
+    let import = st.tmp.path().join("usb");
+    std::fs::create_dir_all(&import).unwrap();
+    std::fs::copy(&b, import.join(b.file_name().unwrap())).unwrap();
+    std::fs::copy(&e, import.join(e.file_name().unwrap())).unwrap();
+    let config =
+        std::fs::read_to_string(&st.config).unwrap() + &format!("import_dir: {}\n", import.display());
+    std::fs::write(&st.config, config).unwrap();
+    let proc = skiff_tests::agent::AgentProcess::start(&st.config);
+    let refused = skiff_tests::cluster::eventually(Duration::from_secs(60), || async {
+        proc.log().contains("being terminated")
+    })
+    .await;
+    assert!(refused, "the agent says why it waits:\n{}", proc.log());
+    assert!(
+        cms.get_opt("web-config").await.unwrap().is_none(),
+        "nothing new lands in a terminating namespace"
+    );
+
+    let release = serde_json::json!({"metadata": {"finalizers": null}});
+    cms.patch("hold", &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .unwrap();
+    let applied = skiff_tests::cluster::eventually(Duration::from_secs(120), || async {
+        cms.get_opt("web-config").await.is_ok_and(|o| o.is_some())
+    })
+    .await;
+    assert!(applied, "applied once the namespace had gone:\n{}", proc.log());
+    let ns = namespaces.get(&st.ns).await.unwrap();
+    assert!(
+        ns.metadata.deletion_timestamp.is_none(),
+        "a namespace created afresh"
+    );
+}
+
+/// A field the kind's schema lacks (a typo) is not a server hiccup: the generation fails
+/// once, with a message naming the object, its file and the field, and is not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_field_fails_the_generation_once_naming_object_file_and_field() {
+    let c = TestCluster::start().await;
+    let st = setup(&c);
+    let deployment = st.apps.join("web/deployment.yaml");
+    let text = std::fs::read_to_string(&deployment).unwrap();
+    assert!(text.contains("  replicas:"), "the example sets replicas");
+    std::fs::write(&deployment, text.replacen("  replicas:", "  replica:", 1)).unwrap();
+
+    let run = import(&st, 1);
+    assert_ne!(run.code, Some(0), "{}", run.stdout);
+    for words in [
+        "Deployment",
+        "web",
+        "deployment.yaml",
+        "replica",
+        "not in the kind's schema",
+    ] {
+        assert!(run.stderr.contains(words), "names {words:?}:\n{}", run.stderr);
+    }
+
+    // A running agent (a fresh store) does not try it again: not from the store on a
+    // schedule, not from the file left on the medium (a transient failure is retried
+    // within 1-2 s, and the folder is scanned every 2 s).
+    std::fs::remove_dir_all(st.tmp.path().join("agent/data")).unwrap();
+    let (b, e) = skiff_tests::build_bundle(&st.apps, &st.key, &st.tmp.path().join("out2"), &st.channel, 2);
+    let usb = st.tmp.path().join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    std::fs::copy(&b, usb.join(b.file_name().unwrap())).unwrap();
+    std::fs::copy(&e, usb.join(e.file_name().unwrap())).unwrap();
+    let config = std::fs::read_to_string(&st.config).unwrap() + &format!("import_dir: {}\n", usb.display());
+    std::fs::write(&st.config, config).unwrap();
+    let proc = skiff_tests::agent::AgentProcess::start(&st.config);
+    let failed = skiff_tests::cluster::eventually(Duration::from_secs(60), || async {
+        proc.log().contains("not in the kind's schema")
+    })
+    .await;
+    assert!(failed, "{}", proc.log());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let attempts = proc.log().matches("not in the kind's schema").count();
+    assert_eq!(attempts, 1, "tried once:\n{}", proc.log());
+}

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::apply::dir::DirApplier;
 use crate::apply::kube::KubeApplier;
-use crate::apply::{Checked, Outcome};
+use crate::apply::{Checked, Outcome, Retry};
 use crate::config::{AgentConfig, Target};
 use crate::source::{HubClient, ImportStamp, SourceError, scan_import_dir};
 use crate::store::{Accepted, Applied, ChannelState, Store};
@@ -106,9 +106,9 @@ pub struct Agent {
     pub metrics: Metrics,
     reports: Notify,
     rejected: std::sync::Mutex<HashSet<Sha256Digest>>,
-    /// Import pairs already refused, by path and (sizes, mtimes): looked at again only when
-    /// the files change.
-    refused_imports: std::sync::Mutex<HashMap<PathBuf, ImportStamp>>,
+    /// Import pairs already looked at, by path and (sizes, mtimes): looked at again only
+    /// when the files change (or the assignment does).
+    seen_imports: std::sync::Mutex<HashMap<PathBuf, ImportStamp>>,
     /// Channels the hub stopped assigning (kept, not enforced), said once each.
     unenforced: std::sync::Mutex<HashSet<String>>,
     /// Stray files last said per channel (said again only when they change).
@@ -202,7 +202,7 @@ impl Agent {
             metrics: Metrics::default(),
             reports: Notify::new(),
             rejected: std::sync::Mutex::new(HashSet::new()),
-            refused_imports: std::sync::Mutex::new(HashMap::new()),
+            seen_imports: std::sync::Mutex::new(HashMap::new()),
             unenforced: std::sync::Mutex::new(HashSet::new()),
             stray: std::sync::Mutex::new(HashMap::new()),
             retries: std::sync::Mutex::new(HashMap::new()),
@@ -610,13 +610,18 @@ impl Agent {
             self.metrics.applies_failed.fetch_add(1, Ordering::Relaxed);
             let mut retries = self.retries.lock().expect("retries");
             let failures = retries.get(channel).map_or(1, |(n, _)| n + 1);
-            let wait = if outcome.transient {
-                backoff(failures, Duration::from_secs(60))
-            } else {
-                backoff(failures, self.config.max_backoff)
+            let wait = match outcome.retry.unwrap_or(Retry::Later) {
+                Retry::Soon => Some(backoff(failures, Duration::from_secs(60))),
+                Retry::Later => Some(backoff(failures, self.config.max_backoff)),
+                Retry::Never => None,
             };
-            retries.insert(channel.to_owned(), (failures, Instant::now() + wait));
-            warn!(channel, generation = accepted.generation, error = %message, retry_in = ?wait, "Apply failed; retrying");
+            if let Some(wait) = wait {
+                retries.insert(channel.to_owned(), (failures, Instant::now() + wait));
+                warn!(channel, generation = accepted.generation, error = %message, retry_in = ?wait, "Apply failed; retrying");
+            } else {
+                retries.remove(channel);
+                warn!(channel, generation = accepted.generation, error = %message, "Apply failed; the bundle's content is at fault, so this generation is not tried again (a new one, or a restart, is)");
+            }
         }
         if ok {
             // Right after applying: the objects' health (no drift yet: skiff just wrote them).
@@ -961,6 +966,16 @@ impl Agent {
         Ok(Offered::Rejected(error))
     }
 
+    /// Marks an import pair as looked at while its file stays as it is (bounded: at worst a
+    /// pair is looked at again).
+    fn remember_import(&self, pair: &crate::source::ImportPair) {
+        let mut seen = self.seen_imports.lock().expect("imports");
+        if seen.len() >= 10_000 {
+            seen.clear();
+        }
+        seen.insert(pair.bundle.clone(), pair.stamp);
+    }
+
     /// Moves a refused import pair into `rejected/` beside it (when the medium allows), so
     /// an operator sees what was refused and it is not looked at again.
     fn set_aside(&self, pair: &crate::source::ImportPair) {
@@ -1208,21 +1223,20 @@ impl Agent {
             self.import_roots(&dir);
             // Assignments next: they decide which of the bundles may run.
             for (file, stamp) in crate::source::scan_assignment_files(&dir) {
-                if self.refused_imports.lock().expect("imports").get(&file) == Some(&stamp) {
+                if self.seen_imports.lock().expect("imports").get(&file) == Some(&stamp) {
                     continue;
                 }
                 match self.import_assignment(&file).await {
                     Ok(TakenAssignment::Refused(_)) => {
                         // Said once; looked at again only when the file changes.
-                        self.refused_imports.lock().expect("imports").insert(file, stamp);
+                        self.seen_imports.lock().expect("imports").insert(file, stamp);
                     }
                     Ok(_) => {}
                     Err(error) => warn!(%error, file = %file.display(), "Assignment import failed"),
                 }
             }
             for pair in scan_import_dir(&dir) {
-                let seen =
-                    self.refused_imports.lock().expect("imports").get(&pair.bundle) == Some(&pair.stamp);
+                let seen = self.seen_imports.lock().expect("imports").get(&pair.bundle) == Some(&pair.stamp);
                 let digest = pair
                     .bundle
                     .file_name()
@@ -1233,24 +1247,18 @@ impl Agent {
                     continue;
                 }
                 match self.import_files(&pair.bundle, &pair.envelope, true).await {
-                    Ok(Offered::Older { .. } | Offered::NotAssigned(_)) => {
-                        // Not looked at again while unchanged; left where it is.
-                        self.refused_imports
-                            .lock()
-                            .expect("imports")
-                            .insert(pair.bundle.clone(), pair.stamp);
-                    }
                     Ok(Offered::Rejected(_)) => {
                         // Reported once; set aside and not read again while unchanged.
-                        let mut refused = self.refused_imports.lock().expect("imports");
-                        if refused.len() >= 10_000 {
-                            refused.clear(); // bounded: at worst a pair is looked at again
-                        }
-                        refused.insert(pair.bundle.clone(), pair.stamp);
-                        drop(refused);
+                        self.remember_import(&pair);
                         self.set_aside(&pair);
                     }
-                    Ok(_) => {}
+                    Ok(_) => {
+                        // Taken, unchanged, failed (tried again from the store on its own
+                        // schedule), waiting, older or not assigned: looked at again only when
+                        // the file changes (or the assignment does), never verified anew every
+                        // scan.
+                        self.remember_import(&pair);
+                    }
                     Err(error) => warn!(%error, file = %pair.bundle.display(), "Import failed"),
                 }
             }

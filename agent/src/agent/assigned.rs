@@ -230,7 +230,7 @@ impl Agent {
             at: Timestamp::now(),
         })?;
         // Imports refused as unassigned or above the pin may be admitted now.
-        self.refused_imports.lock().expect("imports").clear();
+        self.seen_imports.lock().expect("imports").clear();
         for (channel, policy) in changes.dropped {
             if let Err(error) = self.unassign(&channel, policy).await {
                 warn!(%error, channel, "Handling an unassigned channel failed");

@@ -16,7 +16,7 @@ use skiff_proto::api::{Drift, ObjectError, ObjectRef};
 use skiff_proto::bundle::BundleFiles;
 
 use super::pace::{self, Observed, Pace};
-use super::{Checked, Desired, Health1, Outcome, Values, duplicate_errors, prunable, prune_set};
+use super::{Checked, Desired, Health1, Outcome, Retry, Values, duplicate_errors, prunable, prune_set};
 
 /// Field manager of every apply.
 pub const FIELD_MANAGER: &str = "skiff";
@@ -78,8 +78,9 @@ fn gvk_of(api_version: &str, kind: &str) -> GroupVersionKind {
     GroupVersionKind::gvk(group, version, kind)
 }
 
-/// Why a call failed, and whether retrying may help.
-type Failure = (String, bool);
+/// Why a call failed, and whether retrying may help ([`Retry::Soon`]: the server is busy,
+/// so the paced loop tries it again at once).
+type Failure = (String, Retry);
 
 /// What comparing one object found: its drift, if any, and its health.
 type Compared = (Option<Drift>, Health1);
@@ -100,21 +101,25 @@ pub fn describe(e: &kube::Error) -> Failure {
                 };
                 return (
                     format!(
-                        "{} {reason}: a field is not in the kind's schema (a typo, or a CRD version that lacks it): {}",
+                        "{} {reason}: a field is not in the kind's schema (a typo, or a CRD version that lacks it; not tried again until a new generation): {}",
                         s.code, s.message
                     ),
-                    false,
+                    Retry::Never,
                 );
             }
-            let transient = s.code == 429 || s.code >= 500;
+            let retry = if s.code == 429 || s.code >= 500 {
+                Retry::Soon
+            } else {
+                Retry::Later
+            };
             let message = if s.message.is_empty() {
                 format!("{} {}: the server gave no message", s.code, s.reason)
             } else {
                 format!("{} {}: {}", s.code, s.reason, s.message)
             };
-            (message, transient)
+            (message, retry)
         }
-        other => (other.to_string(), true),
+        other => (other.to_string(), Retry::Soon),
     }
 }
 
@@ -174,7 +179,7 @@ impl KubeApplier {
             let Some((item, attempt, r, took)) = running.next().await else {
                 break;
             };
-            let throttled = matches!(&r, Err((_, true)));
+            let throttled = matches!(&r, Err((_, Retry::Soon)));
             self.pace.lock().expect("pace").observe(if throttled {
                 Observed::Throttled
             } else {
@@ -279,11 +284,18 @@ impl KubeApplier {
                             s.message,
                             super::RECREATE_ANNOTATION
                         ),
-                        false,
+                        Retry::Later,
                     ))
                 }
             }
-            Err(e) => Err(describe(&e)),
+            Err(e) => {
+                // Where the object comes from, for errors only its content can mend.
+                let (message, retry) = describe(&e);
+                match retry {
+                    Retry::Never => Err((format!("{message} (in {})", o.origin), retry)),
+                    _ => Err((message, retry)),
+                }
+            }
         }
     }
 
@@ -300,7 +312,7 @@ impl KubeApplier {
             meta.insert("resourceVersion".into(), version.clone());
         }
         let object: DynamicObject =
-            serde_json::from_value(body).map_err(|e| (format!("{}: {e}", o.id), false))?;
+            serde_json::from_value(body).map_err(|e| (format!("{}: {e}", o.id), Retry::Never))?;
         let params = kube::api::PostParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
@@ -334,7 +346,7 @@ impl KubeApplier {
             if Instant::now() >= deadline {
                 return Err((
                     format!("{}: still being deleted after {RECREATE_WAIT:?}", o.id),
-                    true,
+                    Retry::Soon,
                 ));
             }
             tokio::time::sleep(pause).await;
@@ -440,8 +452,8 @@ impl KubeApplier {
                 for (id, r) in results {
                     match r {
                         Ok(()) => outcome.applied.push(id),
-                        Err((message, transient)) => {
-                            outcome.transient |= transient;
+                        Err((message, retry)) => {
+                            outcome.note(retry);
                             outcome.errors.push(ObjectError { object: id, message });
                         }
                     }
@@ -454,7 +466,7 @@ impl KubeApplier {
             for crd in group.iter().filter(|o| o.id.kind == "CustomResourceDefinition") {
                 let needed = scanned.crds.get(&crd.id.name).is_some_and(|gk| used.contains(gk));
                 if needed && let Err(message) = self.wait_established(&crd.id.name).await {
-                    outcome.transient = true;
+                    outcome.note(Retry::Soon);
                     outcome.errors.push(ObjectError {
                         object: crd.id.clone(),
                         message,
@@ -474,8 +486,8 @@ impl KubeApplier {
             match self.prune_one(channel, &gone).await {
                 Ok(true) => outcome.pruned.push(gone),
                 Ok(false) => {}
-                Err((message, transient)) => {
-                    outcome.transient |= transient;
+                Err((message, retry)) => {
+                    outcome.note(retry);
                     outcome.errors.push(ObjectError {
                         object: gone,
                         message: format!("prune: {message}"),
@@ -886,7 +898,7 @@ impl KubeApplier {
 
 #[cfg(test)]
 mod tests {
-    use super::describe;
+    use super::{Retry, describe};
 
     fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
         kube::Error::Api(Box::new(kube::core::Status {
@@ -899,20 +911,26 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_permanent_and_said_so() {
-        let (message, transient) = describe(&api_error(
+        let (message, retry) = describe(&api_error(
             500,
             "",
             ".spec.template.spec.containers[name=\"web\"].imagePullPolicyy: field not declared in schema",
         ));
-        assert!(!transient);
+        assert_eq!(retry, Retry::Never);
         assert!(
             message.contains("not in the kind's schema") && message.contains("imagePullPolicyy"),
             "{message}"
         );
-        let (message, transient) = describe(&api_error(503, "ServiceUnavailable", ""));
-        assert!(transient);
+        let (message, retry) = describe(&api_error(503, "ServiceUnavailable", ""));
+        assert_eq!(retry, Retry::Soon);
         assert!(message.contains("no message"), "{message}");
-        assert!(describe(&api_error(429, "TooManyRequests", "slow down")).1);
-        assert!(!describe(&api_error(422, "Invalid", "spec.selector: immutable")).1);
+        assert_eq!(
+            describe(&api_error(429, "TooManyRequests", "slow down")).1,
+            Retry::Soon
+        );
+        assert_eq!(
+            describe(&api_error(422, "Invalid", "spec.selector: immutable")).1,
+            Retry::Later
+        );
     }
 }

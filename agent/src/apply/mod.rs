@@ -48,8 +48,29 @@ pub struct Outcome {
     pub errors: Vec<ObjectError>,
     /// Objects pruned.
     pub pruned: Vec<ObjectRef>,
-    /// Whether an error was transient (network, 429, 5xx): retry soon.
-    pub transient: bool,
+    /// Whether trying the same generation again may help (the most hopeful of its
+    /// errors'); `None`: as [`Retry::Later`].
+    pub retry: Option<Retry>,
+}
+
+/// Whether trying again may help, from least to most hopeful.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Retry {
+    /// The bundle's content is at fault (a field the kind's schema lacks): only a new
+    /// generation (or a restart) tries again.
+    Never,
+    /// The cluster may change (RBAC, a namespace being deleted, another manager's edit, an
+    /// immutable field someone may delete): tried again with a growing pause.
+    Later,
+    /// The server is busy or unreachable (network, 429, 5xx): tried again soon.
+    Soon,
+}
+
+impl Outcome {
+    /// Notes how hopeful one error is.
+    pub fn note(&mut self, retry: Retry) {
+        self.retry = Some(self.retry.map_or(retry, |r| r.max(retry)));
+    }
 }
 
 /// One object's health: its identity, state and reason.
