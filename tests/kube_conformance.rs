@@ -1013,3 +1013,59 @@ async fn custom_resources_are_pruned_defaulted_and_validated_by_the_crd_schema()
     let _ = crds.delete(&crd_name, &DeleteParams::default()).await;
     cleanup(&c, &ns).await;
 }
+
+/// A watch from a list's resourceVersion sends what changes after it: a modification and a
+/// deletion of the object watched by name.
+#[tokio::test]
+async fn a_watch_from_a_list_sends_the_changes_that_follow() {
+    use futures_util::StreamExt as _;
+    use kube::api::{WatchEvent, WatchParams};
+    let c = TestCluster::start().await;
+    let ns = namespace(&c).await;
+    let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns);
+    api.create(&PostParams::default(), &cm("watched", json!({"mode": "off"})))
+        .await
+        .unwrap();
+    let list = api
+        .list(&ListParams::default().fields("metadata.name=watched"))
+        .await
+        .unwrap();
+    let from = list.metadata.resource_version.unwrap();
+    let params = WatchParams::default().fields("metadata.name=watched").timeout(60);
+    let mut events = api.watch(&params, &from).await.unwrap().boxed();
+    api.patch(
+        "watched",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"mode": "on"}})),
+    )
+    .await
+    .unwrap();
+    api.delete("watched", &DeleteParams::default()).await.unwrap();
+    let mut seen = Vec::new();
+    let followed = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = events.next().await {
+            match event.unwrap() {
+                WatchEvent::Modified(o) => {
+                    seen.push(format!("MODIFIED {:?}", o.data.unwrap_or_default().get("mode")))
+                }
+                WatchEvent::Deleted(_) => {
+                    seen.push("DELETED".to_owned());
+                    return;
+                }
+                WatchEvent::Added(_) => seen.push("ADDED".to_owned()),
+                WatchEvent::Bookmark(_) | WatchEvent::Error(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(followed.is_ok(), "no deletion seen within a minute: {seen:?}");
+    assert!(
+        !seen.contains(&"ADDED".to_owned()),
+        "nothing from before the list: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|e| e.starts_with("MODIFIED")),
+        "the change is seen: {seen:?}"
+    );
+    cleanup(&c, &ns).await;
+}

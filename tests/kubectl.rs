@@ -387,3 +387,67 @@ fn kubectl_create_namespace_configmap_and_secret() {
     );
     assert_eq!(token.trim(), "czNjcmV0", "base64 of the value");
 }
+
+/// `kubectl apply -f` of a `List` (kubectl validates it against `/openapi/v2`), and
+/// `kubectl wait`, which lists and then watches until the condition holds.
+#[test]
+fn kubectl_applies_a_list_and_waits_through_a_watch() {
+    let server = KubeTestServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kc).unwrap();
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: one, namespace: default}\n  data: {mode: \"off\"}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: two, namespace: default}\n";
+    for how in [
+        &["apply", "-f", "-"][..],
+        &["apply", "--server-side", "-f", "-"][..],
+    ] {
+        let (applied, out, err) = kubectl(&kc, how, Some(list));
+        assert!(applied, "{how:?}: {err}");
+        assert!(
+            out.contains("configmap/one") && out.contains("configmap/two"),
+            "{out}"
+        );
+    }
+
+    let wait = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args([
+            "wait",
+            "--for=jsonpath={.data.mode}=on",
+            "configmap/one",
+            "--timeout=60s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !server.requests().iter().any(|r| r.contains("watch=")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubectl wait never watched: {:?}",
+            server.requests()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ok(
+        &kc,
+        &[
+            "patch",
+            "configmap",
+            "one",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"mode":"on"}}"#,
+        ],
+    );
+    let out = wait.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("condition met"));
+}

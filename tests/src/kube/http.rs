@@ -141,6 +141,9 @@ pub async fn handle(
         return json_response(200, &json!({"requests": n}));
     }
     shared.log_request(&method, &uri);
+    if path == "/openapi/v2" && method == Method::GET {
+        return openapi_v2(&headers);
+    }
     if let Some(code) = shared.take_fault(&method, &path, query.get("fieldManager").map(String::as_str)) {
         let reason = if code == 429 {
             "TooManyRequests"
@@ -161,6 +164,12 @@ pub async fn handle(
     let latency = shared.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
+    }
+    if method == Method::GET && query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        return match watched(&shared, &path, &query) {
+            Ok(w) => super::watch::serve(shared.clone(), w, &query).unwrap_or_else(|e| error(&e)),
+            Err(e) => error(&e),
+        };
     }
     let mut content_type = headers
         .get(header::CONTENT_TYPE)
@@ -200,6 +209,70 @@ pub async fn handle(
         }
     }
     response
+}
+
+/// What a watch request follows (a URL naming one object watches it by name).
+fn watched(
+    shared: &Shared,
+    path: &str,
+    query: &HashMap<String, String>,
+) -> Result<super::watch::Watched, ApiError> {
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let target = parse_target(&segments)
+        .filter(|t| t.sub.is_none())
+        .ok_or_else(|| ApiError::no_resource(path))?;
+    let rt = shared
+        .state
+        .lock()
+        .expect("state lock")
+        .find(&target.group, &target.version, &target.plural)
+        .filter(|rt| rt.namespaced || target.namespace.is_none())
+        .ok_or_else(|| ApiError::no_resource(path))?;
+    let by_name = target.name.map(|n| format!("metadata.name={n}"));
+    let fields = match (query.get("fieldSelector").filter(|f| !f.is_empty()), by_name) {
+        (Some(f), Some(n)) => Some(format!("{f},{n}")),
+        (Some(f), None) => Some(f.clone()),
+        (None, n) => n,
+    };
+    Ok(super::watch::Watched {
+        rt,
+        namespace: target.namespace,
+        labels: query.get("labelSelector").filter(|l| !l.is_empty()).cloned(),
+        fields,
+    })
+}
+
+/// `/openapi/v2`: a valid OpenAPI v2 document without definitions, in protobuf (what
+/// kubectl asks for) or JSON. kubectl reads it to validate kinds the v3 documents do not
+/// cover (a `List`'s items); a kind without a definition is left to the server's own
+/// validation, which this server does.
+fn openapi_v2(headers: &HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if accept.contains("protobuf") {
+        // openapi_v2.Document { swagger (field 1) = "2.0" }.
+        let body: &'static [u8] = b"\x0a\x032.0";
+        return (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            )],
+            body,
+        )
+            .into_response();
+    }
+    let (_, _, git) = KUBE_VERSION;
+    json_response(
+        200,
+        &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": git}, "paths": {}, "definitions": {}}),
+    )
 }
 
 fn route(
@@ -284,14 +357,6 @@ fn route(
         Some("status") if rt.status => Sub::Status,
         Some(_) => return Err(ApiError::no_resource(path)),
     };
-    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        return Err(ApiError {
-            code: 405,
-            reason: "MethodNotAllowed",
-            message: "watch is not supported by the skiff test server".to_owned(),
-            details: None,
-        });
-    }
     match (method.clone(), target.name.as_deref()) {
         (Method::GET, None) => {
             let limit = match query.get("limit") {

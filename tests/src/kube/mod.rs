@@ -17,6 +17,7 @@ mod schema;
 mod store;
 mod strategic;
 mod validation;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -50,6 +51,8 @@ pub struct Shared {
     faults: Mutex<Vec<Fault>>,
     latency: Mutex<Duration>,
     refuse: AtomicBool,
+    /// Set when the server stops: open watches end (graceful shutdown waits for them).
+    closing: AtomicBool,
     pub(crate) requests: Mutex<Vec<String>>,
 }
 
@@ -136,6 +139,7 @@ impl KubeTestServer {
             faults: Mutex::new(Vec::new()),
             latency: Mutex::new(Duration::ZERO),
             refuse: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -267,6 +271,7 @@ impl KubeTestServer {
 
 impl Drop for KubeTestServer {
     fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -98,7 +98,11 @@ fn push(map: &mut Map<String, Value>, field: &str, value: Value) {
 fn object_meta(bytes: &[u8]) -> Result<Value, String> {
     let mut meta = Map::new();
     for (n, f) in fields(bytes)? {
-        if let Field::Bytes(b) = f {
+        // Kubernetes' proto2 messages write empty strings too: an empty name or namespace is
+        // one not set.
+        if let Field::Bytes(b) = f
+            && !(b.is_empty() && n <= 3)
+        {
             match n {
                 1 => _ = meta.insert("name".into(), json!(text(b)?)),
                 2 => _ = meta.insert("generateName".into(), json!(text(b)?)),

@@ -13,6 +13,7 @@ use super::fields::{self, FieldSet, Pe};
 use super::resources::{self, ResourceType};
 use super::schema::{self, FieldValidation};
 
+mod events;
 mod lifecycle;
 
 /// A failed request, rendered as a `Status` object.
@@ -171,6 +172,10 @@ pub struct State {
     pub(super) field_validation: FieldValidation,
     /// Warnings for the request being served (`Warning` headers), taken by the handler.
     pub(super) warnings: Vec<String>,
+    /// The change log watches read.
+    events: std::collections::VecDeque<events::Event>,
+    /// Whether the log has dropped its oldest events.
+    events_dropped: bool,
 }
 
 fn now() -> String {
@@ -222,6 +227,8 @@ impl State {
             alloc: Allocator::default(),
             field_validation: FieldValidation::default(),
             warnings: Vec::new(),
+            events: std::collections::VecDeque::new(),
+            events_dropped: false,
         };
         let ns = state.find("", "v1", "namespaces").expect("namespaces");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -426,6 +433,7 @@ impl State {
             ));
         }
         if let Some(body_ns) = body.pointer("/metadata/namespace").and_then(Value::as_str)
+            && !body_ns.is_empty()
             && rt.namespaced
             && ns.is_some_and(|n| n != body_ns)
         {
@@ -960,16 +968,19 @@ impl State {
             return Ok(out);
         }
         self.rv = rv;
-        self.objects
-            .entry((rt.group.clone(), rt.plural.clone()))
-            .or_default()
-            .insert(
-                (
-                    ns.filter(|_| rt.namespaced).unwrap_or_default().to_owned(),
-                    name.to_owned(),
-                ),
-                stored,
-            );
+        let bucket = (rt.group.clone(), rt.plural.clone());
+        self.record(
+            &bucket,
+            if old.is_some() { "MODIFIED" } else { "ADDED" },
+            stored.object.clone(),
+        );
+        self.objects.entry(bucket).or_default().insert(
+            (
+                ns.filter(|_| rt.namespaced).unwrap_or_default().to_owned(),
+                name.to_owned(),
+            ),
+            stored,
+        );
         if let Some(types) = crd_types {
             self.types.retain(|t| t.crd.as_deref() != Some(name));
             self.types.extend(types);

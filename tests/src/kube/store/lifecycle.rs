@@ -217,17 +217,17 @@ impl State {
     }
 
     fn put(&mut self, rt: &ResourceType, ns: Option<&str>, name: &str, stored: super::Stored) {
+        let bucket = (rt.group.clone(), rt.plural.clone());
+        let object = stored.object.clone();
         self.objects
-            .entry((rt.group.clone(), rt.plural.clone()))
+            .entry(bucket.clone())
             .or_default()
             .insert(key(rt, ns, name), stored);
+        self.record(&bucket, "MODIFIED", object);
     }
 
     fn remove(&mut self, rt: &ResourceType, ns: Option<&str>, name: &str) {
-        if let Some(b) = self.objects.get_mut(&(rt.group.clone(), rt.plural.clone())) {
-            b.remove(&key(rt, ns, name));
-        }
-        self.rv += 1;
+        self.drop_object(&(rt.group.clone(), rt.plural.clone()), &key(rt, ns, name));
     }
 
     /// The namespace controller, run to a fixed point: each terminating namespace's objects
@@ -254,54 +254,69 @@ impl State {
             .collect();
         for ns in terminating {
             let mut remaining: Vec<(String, Vec<String>)> = Vec::new();
-            let mut changed = false;
             for bucket_key in &namespaced {
-                let Some(bucket) = self.objects.get_mut(bucket_key) else {
-                    continue;
-                };
-                let before = bucket.len();
-                bucket.retain(|(ons, _), s| {
-                    ons != &ns || !finalizers(&s.object, "/metadata/finalizers").is_empty()
-                });
-                changed |= bucket.len() != before;
-                for (_, s) in bucket.iter_mut().filter(|((ons, _), _)| ons == &ns) {
-                    if !deleting(&s.object) {
-                        s.object["metadata"]["deletionTimestamp"] = json!(now());
-                        s.object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                        changed = true;
+                let inside: Vec<(Key, Vec<String>, bool)> = self
+                    .objects
+                    .get(bucket_key)
+                    .into_iter()
+                    .flat_map(|b| b.iter())
+                    .filter(|((ons, _), _)| ons == &ns)
+                    .map(|(k, s)| {
+                        (
+                            k.clone(),
+                            finalizers(&s.object, "/metadata/finalizers"),
+                            deleting(&s.object),
+                        )
+                    })
+                    .collect();
+                for (key, held_by, marked) in inside {
+                    if held_by.is_empty() {
+                        self.drop_object(bucket_key, &key);
+                        continue;
                     }
-                    remaining.push((
-                        bucket_key.1.clone(),
-                        finalizers(&s.object, "/metadata/finalizers"),
-                    ));
+                    if !marked {
+                        self.touch(bucket_key, &key, |o| {
+                            o["metadata"]["deletionTimestamp"] = json!(now());
+                            o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                        });
+                    }
+                    remaining.push((bucket_key.1.clone(), held_by));
                 }
             }
-            if changed {
-                self.rv += 1;
-            }
-            let Some(namespace) = self
+            let ns_object_key = (String::new(), ns.clone());
+            let Some(object) = self
                 .objects
-                .get_mut(&ns_key)
-                .and_then(|b| b.get_mut(&(String::new(), ns.clone())))
+                .get(&ns_key)
+                .and_then(|b| b.get(&ns_object_key))
+                .map(|s| s.object.clone())
             else {
                 continue;
             };
-            let object = &mut namespace.object;
             if remaining.is_empty() {
-                let left: Vec<Value> = finalizers(object, "/spec/finalizers")
-                    .into_iter()
-                    .filter(|f| f != NAMESPACE_FINALIZER)
-                    .map(Value::from)
-                    .collect();
-                object["spec"]["finalizers"] = Value::Array(left);
-                if finalizers(object, "/spec/finalizers").is_empty()
-                    && finalizers(object, "/metadata/finalizers").is_empty()
+                if finalizers(&object, "/spec/finalizers")
+                    .iter()
+                    .any(|f| f == NAMESPACE_FINALIZER)
                 {
-                    self.objects
-                        .get_mut(&ns_key)
-                        .map(|b| b.remove(&(String::new(), ns.clone())));
+                    self.touch(&ns_key, &ns_object_key, |o| {
+                        let left: Vec<Value> = finalizers(o, "/spec/finalizers")
+                            .into_iter()
+                            .filter(|f| f != NAMESPACE_FINALIZER)
+                            .map(Value::from)
+                            .collect();
+                        o["spec"]["finalizers"] = Value::Array(left);
+                    });
                 }
-                self.rv += 1;
+                let done = self
+                    .objects
+                    .get(&ns_key)
+                    .and_then(|b| b.get(&ns_object_key))
+                    .is_some_and(|s| {
+                        finalizers(&s.object, "/spec/finalizers").is_empty()
+                            && finalizers(&s.object, "/metadata/finalizers").is_empty()
+                    });
+                if done {
+                    self.drop_object(&ns_key, &ns_object_key);
+                }
                 continue;
             }
             let conditions = conditions(&remaining);
@@ -311,11 +326,35 @@ impl State {
                     .unwrap_or_default()
             };
             if messages(object.pointer("/status/conditions")) != messages(Some(&conditions)) {
-                object["status"]["conditions"] = conditions;
-                self.rv += 1;
-                object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+                self.touch(&ns_key, &ns_object_key, |o| {
+                    o["status"]["conditions"] = conditions
+                });
             }
         }
+    }
+
+    /// Changes a stored object as a controller does: a new resourceVersion, a MODIFIED event.
+    fn touch(&mut self, bucket: &Key, key: &Key, change: impl FnOnce(&mut Value)) {
+        self.rv += 1;
+        let rv = self.rv;
+        let Some(stored) = self.objects.get_mut(bucket).and_then(|b| b.get_mut(key)) else {
+            return;
+        };
+        change(&mut stored.object);
+        stored.object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let object = stored.object.clone();
+        self.record(bucket, "MODIFIED", object);
+    }
+
+    /// Removes a stored object: a new resourceVersion, a DELETED event.
+    fn drop_object(&mut self, bucket: &Key, key: &Key) {
+        let Some(stored) = self.objects.get_mut(bucket).and_then(|b| b.remove(key)) else {
+            return;
+        };
+        self.rv += 1;
+        let mut object = stored.object;
+        object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.record(bucket, "DELETED", object);
     }
 }
 
