@@ -266,7 +266,9 @@ async fn crds_larger_than_the_annotation_limit_apply() {
     assert!(!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
 }
 
-/// A CRD is waited for (until Established) only when an object of the bundle uses it.
+/// A CRD is waited for (until the server serves its resources, as it does once the CRD is
+/// Established, which takes a real cluster a moment) only when an object of the bundle uses
+/// it, and the wait asks discovery, not for the whole CRD again and again.
 #[tokio::test]
 async fn only_crds_the_bundle_uses_are_waited_for() {
     let c = TestCluster::start().await;
@@ -274,24 +276,42 @@ async fn only_crds_the_bundle_uses_are_waited_for() {
     else {
         return;
     };
+    server.with_state(|s| s.set_crd_establish_delay(Duration::from_millis(700)));
     let st = setup(&c);
     std::fs::write(
         st.apps.join("unused-crd.yaml"),
         "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gadgets.unused.skiff.dev}\nspec:\n  group: unused.skiff.dev\n  scope: Namespaced\n  names: {plural: gadgets, singular: gadget, kind: Gadget}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n",
     )
     .unwrap();
-    import(&st, 1).success();
-    let reads: Vec<String> = server
-        .requests()
-        .into_iter()
-        .filter(|r| r.starts_with("GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/"))
-        .collect();
-    // Health comes from a list of each kind; only the used one is read, by the wait.
-    let count = |name: &str| reads.iter().filter(|r| r.ends_with(name)).count();
+    let run = import(&st, 1);
     assert_eq!(
-        count("gadgets.unused.skiff.dev") + 1,
-        count("widgets.example.skiff.dev"),
-        "{reads:?}"
+        run.code,
+        Some(0),
+        "the widget applies once its CRD is served: {}",
+        run.stderr
+    );
+    let requests = server.requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.starts_with("GET /apis/unused.skiff.dev/")),
+        "nothing waits for the unused CRD: {requests:?}"
+    );
+    let discovery = requests
+        .iter()
+        .filter(|r| r.starts_with("GET /apis/example.skiff.dev/v1"))
+        .count();
+    assert!(
+        discovery >= 2,
+        "the wait asked discovery until the widgets were served: {requests:?}"
+    );
+    let crd_reads = requests
+        .iter()
+        .filter(|r| r.starts_with("GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/"))
+        .count();
+    assert!(
+        crd_reads <= 2,
+        "CRDs are read for health only, not polled: {requests:?}"
     );
 }
 

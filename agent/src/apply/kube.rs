@@ -256,7 +256,10 @@ impl KubeApplier {
         }
     }
 
-    async fn apply_one(&self, o: &Desired) -> Result<(), Failure> {
+    /// Applies one object; what the server answers is remembered as in sync for the next
+    /// drift check of `channel` (its version, the desired digest, its health), so the first
+    /// check after an apply lists instead of comparing every object again.
+    async fn apply_one(&self, channel: &str, o: &Desired) -> Result<(), Failure> {
         let (ar, caps) = self.resolve(&o.id.api_version, &o.id.kind).await.map_err(|e| {
             let (m, t) = describe(&e);
             (
@@ -271,7 +274,14 @@ impl KubeApplier {
         params.force = self.force;
         let api = self.api(&ar, &caps, o.id.namespace.as_deref());
         match api.patch(&o.id.name, &params, &Patch::Apply(&o.value)).await {
-            Ok(_) => Ok(()),
+            Ok(applied) => {
+                if let Some(version) = applied.metadata.resource_version.clone() {
+                    let live = serde_json::to_value(&applied).unwrap_or(Value::Null);
+                    let health = crate::drift::object_health(&live);
+                    self.remember(channel, &o.id, Some((version, desired_digest(&o.value), health)));
+                }
+                Ok(())
+            }
             Err(kube::Error::Api(s)) if s.code == 422 && is_immutable_change(&s.message) => {
                 if super::recreate_allowed(&o.value) {
                     self.recreate(&api, o, &params).await
@@ -302,7 +312,13 @@ impl KubeApplier {
     /// Replaces an object the manifest cannot be applied over (an update with the live
     /// object's resourceVersion: fields other managers set go, values the server allocated
     /// such as a Service's clusterIP stay), then applies it so skiff owns its fields again.
-    async fn replace_one(&self, api: &Api<DynamicObject>, o: &Desired, live: &Value) -> Result<(), Failure> {
+    async fn replace_one(
+        &self,
+        channel: &str,
+        api: &Api<DynamicObject>,
+        o: &Desired,
+        live: &Value,
+    ) -> Result<(), Failure> {
         tracing::warn!(object = %o.id, "Unreconcilable drift: replacing the object with its manifest (opted in with {})", super::HEAL_ANNOTATION);
         let mut body = o.value.clone();
         if let (Some(meta), Some(version)) = (
@@ -320,7 +336,7 @@ impl KubeApplier {
         api.replace(&o.id.name, &params, &object)
             .await
             .map_err(|e| describe(&e))?;
-        self.apply_one(o).await
+        self.apply_one(channel, o).await
     }
 
     /// Deletes an object whose new state changes an immutable field, waits until it is
@@ -358,38 +374,33 @@ impl KubeApplier {
             .map_err(|e| describe(&e))
     }
 
-    async fn wait_established(&self, name: &str) -> Result<(), String> {
-        let crds: Api<DynamicObject> = Api::all_with(
-            self.client.clone(),
-            &ApiResource::from_gvk_with_plural(
-                &gvk_of("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
-                "customresourcedefinitions",
-            ),
-        );
-        let deadline = Instant::now() + CRD_WAIT;
-        let mut pause = Duration::from_millis(100);
+    async fn wait_established(&self, name: &str, crd: &scan::Crd) -> Result<(), String> {
+        // Established is when the API server serves the CRD's resources, which its discovery
+        // document for the group and version says: a few kilobytes, where the CRD itself
+        // (what the Established condition is read from) can be megabytes.
+        let (group, plural, version) = (&crd.group_kind.0, &crd.plural, &crd.version);
+        let group_version = format!("{group}/{version}");
+        let started = Instant::now();
+        let deadline = started + CRD_WAIT;
         loop {
-            if let Ok(crd) = crds.get(name).await {
-                let established = crd
-                    .data
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c["type"] == "Established" && c["status"] == "True")
-                    });
-                if established {
-                    return Ok(());
-                }
+            if let Ok(list) = self.client.list_api_group_resources(&group_version).await
+                && list.resources.iter().any(|r| r.name == *plural)
+            {
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "CustomResourceDefinition {name} not Established after {CRD_WAIT:?}"
+                    "CustomResourceDefinition {name} not Established after {CRD_WAIT:?} ({plural} is not served in {group_version})"
                 ));
             }
-            // Large CRDs are megabytes: ask less often the longer it takes.
+            // Cheap to ask: often at first (a cluster establishes a CRD within a second or
+            // two), then once a second.
+            let pause = if started.elapsed() < Duration::from_secs(5) {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_secs(1)
+            };
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -443,7 +454,7 @@ impl KubeApplier {
                     .paced(
                         objects,
                         |o| async move {
-                            let r = self.apply_one(&o).await;
+                            let r = self.apply_one(channel, &o).await;
                             (o, r)
                         },
                         |o| o.id,
@@ -464,8 +475,12 @@ impl KubeApplier {
                 return outcome;
             }
             for crd in group.iter().filter(|o| o.id.kind == "CustomResourceDefinition") {
-                let needed = scanned.crds.get(&crd.id.name).is_some_and(|gk| used.contains(gk));
-                if needed && let Err(message) = self.wait_established(&crd.id.name).await {
+                let Some(defined) = scanned.crds.get(&crd.id.name) else {
+                    continue;
+                };
+                if used.contains(&defined.group_kind)
+                    && let Err(message) = self.wait_established(&crd.id.name, defined).await
+                {
                     outcome.note(Retry::Soon);
                     outcome.errors.push(ObjectError {
                         object: crd.id.clone(),
@@ -717,7 +732,7 @@ impl KubeApplier {
         let Some(live) = live.as_ref() else {
             self.remember(channel, &o.id, None);
             if heal {
-                self.apply_one(o).await?;
+                self.apply_one(channel, o).await?;
             }
             let health = (o.id.clone(), "Progressing", Some("missing".to_owned()));
             return Ok((
@@ -755,7 +770,7 @@ impl KubeApplier {
                 let (state, reason) = crate::drift::object_health(live);
                 let corrected = heal && super::replace_allowed(&o.value);
                 if corrected {
-                    self.replace_one(&api, o, live).await?;
+                    self.replace_one(channel, &api, o, live).await?;
                 }
                 let hint = if super::replace_allowed(&o.value) {
                     String::new()
@@ -791,7 +806,7 @@ impl KubeApplier {
             return Ok((None, health));
         }
         if heal {
-            self.apply_one(o).await?;
+            self.apply_one(channel, o).await?;
         }
         Ok((
             Some(Drift {

@@ -2,7 +2,7 @@
 //! for tests that run the agent as a real process.
 //!
 //! ```text
-//! skiff-kube-testserver --listen 127.0.0.1:PORT --kubeconfig PATH
+//! skiff-kube-testserver --listen 127.0.0.1:PORT --kubeconfig PATH [--crd-establish-delay 500ms]
 //! ```
 //!
 //! Writes the kubeconfig once it is listening, prints the URL, and serves until SIGINT or
@@ -16,6 +16,7 @@ use skiff_tests::kube::KubeTestServer;
 fn main() -> anyhow::Result<()> {
     let mut listen: SocketAddr = "127.0.0.1:0".parse()?;
     let mut kubeconfig: Option<PathBuf> = None;
+    let mut establish = std::time::Duration::ZERO;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -32,9 +33,16 @@ fn main() -> anyhow::Result<()> {
                         .into(),
                 )
             }
+            "--crd-establish-delay" => {
+                let v = args
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--crd-establish-delay needs a duration (500ms)"))?;
+                establish = humantime::parse_duration(&v)
+                    .map_err(|e| anyhow::anyhow!("--crd-establish-delay {v:?}: {e}"))?;
+            }
             "-h" | "--help" => {
                 println!(
-                    "Kubernetes API test server for skiff's tests.\n\nUsage: skiff-kube-testserver [--listen 127.0.0.1:PORT] [--kubeconfig PATH]\n\n  --listen      address to serve on (default 127.0.0.1:0, a free port)\n  --kubeconfig  write a kubeconfig pointing at the server here once it listens"
+                    "Kubernetes API test server for skiff's tests.\n\nUsage: skiff-kube-testserver [--listen 127.0.0.1:PORT] [--kubeconfig PATH] [--crd-establish-delay DURATION]\n\n  --listen               address to serve on (default 127.0.0.1:0, a free port)\n  --kubeconfig           write a kubeconfig pointing at the server here once it listens\n  --crd-establish-delay  how long a new CRD takes to be Established and served, as on a\n                         real cluster (default 0: at once)"
                 );
                 return Ok(());
             }
@@ -46,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         "--listen must be a loopback address, got {listen}"
     );
     let server = KubeTestServer::start_on(listen)?;
+    server.with_state(|state| state.set_crd_establish_delay(establish));
     if let Some(path) = &kubeconfig {
         let tmp = path.with_extension("tmp");
         server.write_kubeconfig(&tmp)?;

@@ -138,7 +138,8 @@ pub async fn handle(
     if path == "/debug/requests" {
         // For benchmarks against the process: how many API requests were served so far.
         let n = shared.requests.lock().expect("requests lock").len();
-        return json_response(200, &json!({"requests": n}));
+        let bytes = shared.bytes_out.load(std::sync::atomic::Ordering::Relaxed);
+        return json_response(200, &json!({"requests": n, "bytes": bytes}));
     }
     shared.log_request(&method, &uri);
     if path == "/openapi/v2" && method == Method::GET {
@@ -194,6 +195,7 @@ pub async fn handle(
         }
     }
     let mut state = shared.state.lock().expect("state lock");
+    state.tick();
     state.field_validation =
         super::schema::FieldValidation::from_query(query.get("fieldValidation").map(String::as_str));
     state.warnings.clear();
@@ -201,6 +203,11 @@ pub async fn handle(
         Ok((code, v)) => json_response(code, &v),
         Err(e) => error(&e),
     };
+    if let Some(n) = axum::body::HttpBody::size_hint(response.body()).exact() {
+        shared
+            .bytes_out
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
     for warning in state.warnings.drain(..) {
         // As kube-apiserver writes them: `299 - "text"`.
         let text = format!("299 - {}", Value::String(warning));

@@ -54,6 +54,8 @@ pub struct Shared {
     /// Set when the server stops: open watches end (graceful shutdown waits for them).
     closing: AtomicBool,
     pub(crate) requests: Mutex<Vec<String>>,
+    /// Bytes of response bodies of known length (watches are not counted).
+    pub(crate) bytes_out: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -140,6 +142,7 @@ impl KubeTestServer {
             latency: Mutex::new(Duration::ZERO),
             refuse: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            bytes_out: std::sync::atomic::AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

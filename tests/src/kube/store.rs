@@ -172,6 +172,10 @@ pub struct State {
     pub(super) field_validation: FieldValidation,
     /// Warnings for the request being served (`Warning` headers), taken by the handler.
     pub(super) warnings: Vec<String>,
+    /// How long a new CRD takes to be Established (zero: at once).
+    crd_establish_delay: std::time::Duration,
+    /// New CRDs not Established yet: name, resources, when.
+    establishing: Vec<(String, Vec<ResourceType>, std::time::Instant)>,
     /// The change log watches read.
     events: std::collections::VecDeque<events::Event>,
     /// Whether the log has dropped its oldest events.
@@ -228,6 +232,8 @@ impl State {
             field_validation: FieldValidation::default(),
             warnings: Vec::new(),
             events: std::collections::VecDeque::new(),
+            crd_establish_delay: std::time::Duration::ZERO,
+            establishing: Vec::new(),
             events_dropped: false,
         };
         let ns = state.find("", "v1", "namespaces").expect("namespaces");
@@ -897,8 +903,13 @@ impl State {
             };
             return Err(ApiError::invalid(rt, name, &field, &detail));
         }
+        // A new CRD's resources are served once it is Established, which a real cluster's
+        // controllers take a moment to reach ([`State::set_crd_establish_delay`]).
+        let establish_later = crd_types.is_some()
+            && !self.crd_establish_delay.is_zero()
+            && old.is_none_or(|o| !crd_established(&o.object));
         if let Some(types) = &crd_types {
-            crd_status(&mut object, types);
+            crd_status(&mut object, types, !establish_later);
         }
 
         if rt.tracks_generation() {
@@ -982,8 +993,14 @@ impl State {
             stored,
         );
         if let Some(types) = crd_types {
-            self.types.retain(|t| t.crd.as_deref() != Some(name));
-            self.types.extend(types);
+            if establish_later {
+                let due = std::time::Instant::now() + self.crd_establish_delay;
+                self.establishing.retain(|(n, _, _)| n != name);
+                self.establishing.push((name.to_owned(), types, due));
+            } else {
+                self.types.retain(|t| t.crd.as_deref() != Some(name));
+                self.types.extend(types);
+            }
         }
         if old.is_none() && rt.kind == "Namespace" && rt.group.is_empty() {
             self.bootstrap_namespace(name);
@@ -992,6 +1009,42 @@ impl State {
             self.collect_if_finalized(rt, ns, name);
         }
         Ok(out)
+    }
+
+    /// How long new CRDs take to become Established and served (as a real cluster's
+    /// establishing controller takes a moment); zero, the default, is at once.
+    pub fn set_crd_establish_delay(&mut self, delay: std::time::Duration) {
+        self.crd_establish_delay = delay;
+    }
+
+    /// The controllers' part that time drives: CRDs whose moment came are Established and
+    /// their resources served. Run before each request and each look of a watch.
+    pub fn tick(&mut self) {
+        let now = std::time::Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.establishing)
+            .into_iter()
+            .partition(|(_, _, at)| *at <= now);
+        self.establishing = waiting;
+        let Some(crds) = self.find("apiextensions.k8s.io", "v1", "customresourcedefinitions") else {
+            return;
+        };
+        for (name, types, _) in due {
+            let Some(stored) = self.stored(&crds, None, &name) else {
+                continue;
+            };
+            let mut stored = stored.clone();
+            crd_status(&mut stored.object, &types, true);
+            self.rv += 1;
+            stored.object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+            let bucket = (crds.group.clone(), crds.plural.clone());
+            self.record(&bucket, "MODIFIED", stored.object.clone());
+            self.objects
+                .entry(bucket)
+                .or_default()
+                .insert((String::new(), name.clone()), stored);
+            self.types.retain(|t| t.crd.as_deref() != Some(name.as_str()));
+            self.types.extend(types);
+        }
     }
 
     /// The `openAPIV3Schema` of a custom resource's version, from its CRD.
@@ -1043,7 +1096,16 @@ impl State {
     }
 }
 
-fn crd_status(crd: &mut Value, types: &[ResourceType]) {
+fn crd_established(crd: &Value) -> bool {
+    crd.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True")
+        })
+}
+
+fn crd_status(crd: &mut Value, types: &[ResourceType], established: bool) {
     let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
     let storage: Vec<Value> = crd
         .pointer("/spec/versions")
@@ -1070,7 +1132,11 @@ fn crd_status(crd: &mut Value, types: &[ResourceType]) {
         "acceptedNames": accepted,
         "conditions": [
             {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": time},
-            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": time},
+            if established {
+                json!({"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": time})
+            } else {
+                json!({"type": "Established", "status": "False", "reason": "Installing", "message": "the initial names have been accepted", "lastTransitionTime": time})
+            },
         ],
         "storedVersions": storage,
     });

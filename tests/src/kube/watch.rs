@@ -98,13 +98,16 @@ pub fn serve(shared: Arc<Shared>, w: Watched, query: &HashMap<String, String>) -
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let changes = shared.state.lock().expect("state lock").changes_since(
+                let mut state = shared.state.lock().expect("state lock");
+                state.tick();
+                let changes = state.changes_since(
                     &w.rt,
                     w.namespace.as_deref(),
                     w.labels.as_deref(),
                     w.fields.as_deref(),
                     cursor,
                 );
+                drop(state);
                 let Ok((changes, rv)) = changes else { return None };
                 pending.extend(changes.iter().map(|(kind, o)| event(kind, o)));
                 cursor = rv;

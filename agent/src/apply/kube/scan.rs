@@ -32,8 +32,18 @@ pub(super) struct Scanned {
     pub(super) objects: Vec<Scan1>,
     /// Whether each (apiVersion, kind) is namespaced.
     scopes: BTreeMap<(String, String), bool>,
-    /// The bundle's CRDs by name: the (group, kind) each defines.
-    pub(super) crds: BTreeMap<String, (String, String)>,
+    /// The bundle's CRDs by name: what each defines.
+    pub(super) crds: BTreeMap<String, Crd>,
+}
+
+/// What a CRD of the bundle defines.
+pub(super) struct Crd {
+    /// Group and kind.
+    pub(super) group_kind: (String, String),
+    /// Plural resource name.
+    pub(super) plural: String,
+    /// Its first served version.
+    pub(super) version: String,
 }
 
 impl Scanned {
@@ -59,7 +69,23 @@ impl Scanned {
                     .insert((format!("{group}/{name}"), kind.clone()), namespaced);
             }
         }
-        self.crds.insert(o.id.name.clone(), (group, kind));
+        let version = o
+            .value
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .and_then(|vs| vs.iter().find(|v| v["served"] == true))
+            .and_then(|v| v["name"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let plural = of("/spec/names/plural");
+        self.crds.insert(
+            o.id.name.clone(),
+            Crd {
+                group_kind: (group, kind),
+                plural,
+                version,
+            },
+        );
     }
 
     pub(super) fn namespaced(&self, id: &ObjectRef) -> bool {
