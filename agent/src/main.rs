@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // One TLS stack: rustls with ring, installed before anything builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();

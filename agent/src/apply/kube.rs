@@ -54,6 +54,10 @@ pub struct KubeApplier {
     in_sync: Mutex<InSync>,
     /// Whether drift checks use `in_sync` (off: every object is compared, as a reference).
     remember: bool,
+    /// Per channel, the desired state (bundle files and values, [`source_key`]) the
+    /// remembered objects were found in sync with, and the bundle's scan for it: a check of
+    /// an unchanged channel reads neither the bundle nor any object it remembers.
+    sources: Mutex<HashMap<String, (u64, std::sync::Arc<Scanned>)>>,
     /// Requests in flight, adapted to the server.
     pace: Mutex<Pace>,
 }
@@ -70,6 +74,21 @@ fn desired_digest(value: &Value) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     value.to_string().hash(&mut h);
+    h.finish()
+}
+
+/// What identifies a channel's desired state: its bundle's files and its values.
+fn source_key(bundle: &dyn BundleFiles, values: Option<&Values>) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let m = bundle.manifest();
+    m.channel.hash(&mut h);
+    m.default_namespace.hash(&mut h);
+    for f in &m.files {
+        f.path.hash(&mut h);
+        f.sha256.to_string().hash(&mut h);
+    }
+    values.hash(&mut h);
     h.finish()
 }
 
@@ -133,6 +152,7 @@ impl KubeApplier {
             kinds: Mutex::new(HashMap::new()),
             in_sync: Mutex::new(HashMap::new()),
             remember: true,
+            sources: Mutex::new(HashMap::new()),
             pace: Mutex::new(Pace::default()),
         }
     }
@@ -497,6 +517,15 @@ impl KubeApplier {
             outcome.errors.extend(duplicates);
             return outcome;
         }
+        if self.remember {
+            // Every object applied and remembered with what the server answered: the next
+            // check need not read the bundle again.
+            let source = source_key(bundle, values);
+            self.sources
+                .lock()
+                .expect("sources")
+                .insert(channel.to_owned(), (source, std::sync::Arc::new(scanned)));
+        }
         for gone in prune_set(previous, &outcome.applied) {
             match self.prune_one(channel, &gone).await {
                 Ok(true) => outcome.pruned.push(gone),
@@ -611,7 +640,19 @@ impl KubeApplier {
         compare: bool,
         only: Option<&[ObjectRef]>,
     ) -> Result<Checked, Outcome> {
-        let scanned = self.scan(channel, values, bundle).await?;
+        let source = source_key(bundle, values);
+        let known = self
+            .sources
+            .lock()
+            .expect("sources")
+            .get(channel)
+            .filter(|(key, _)| *key == source)
+            .map(|(_, scan)| scan.clone());
+        let same_source = known.is_some();
+        let scanned = match known {
+            Some(scan) => scan,
+            None => std::sync::Arc::new(self.scan(channel, values, bundle).await?),
+        };
         let mut all = unique(&scanned);
         if let Some(only) = only {
             let only: std::collections::BTreeSet<&ObjectRef> = only.iter().collect();
@@ -636,6 +677,26 @@ impl KubeApplier {
                 .ok();
             lists.insert((api_version.clone(), kind.clone()), listed);
         }
+        // The desired state unchanged since the remembered objects were found in sync: one
+        // listed at the version remembered is in sync, with its health then, unread.
+        let mut results: Vec<(ObjectRef, Result<Compared, Failure>)> = Vec::new();
+        if same_source && compare && self.remember {
+            all.retain(|o| {
+                let listed = lists
+                    .get(&(o.id.api_version.clone(), o.id.kind.clone()))
+                    .and_then(|l| l.as_ref())
+                    .and_then(|l| l.get(&(o.id.namespace.clone(), o.id.name.clone())));
+                match (listed, self.remembered(channel, &o.id)) {
+                    (Some(version), Some((seen, _, (state, reason))))
+                        if !version.is_empty() && *version == seen =>
+                    {
+                        results.push((o.id.clone(), Ok((None, (o.id.clone(), state, reason)))));
+                        false
+                    }
+                    _ => true,
+                }
+            });
+        }
         let mut take = |id: &ObjectRef| match lists.get_mut(&(id.api_version.clone(), id.kind.clone())) {
             Some(Some(items)) => match items.remove(&(id.namespace.clone(), id.name.clone())) {
                 Some(version) => Listed::Version(version),
@@ -645,7 +706,6 @@ impl KubeApplier {
         };
         // In the apply's phase order: a healed Namespace (or CRD) exists before what lives
         // in it is healed, in the same round. Objects are read a batch at a time.
-        let mut results: Vec<(ObjectRef, Result<Compared, Failure>)> = Vec::new();
         for phase in 0..=2u8 {
             let now: Vec<&Scan1> = all
                 .iter()
@@ -692,6 +752,13 @@ impl KubeApplier {
         }
         checked.drift.sort_by(|a, b| a.object.cmp(&b.object));
         checked.unknown.sort_by(|a, b| a.object.cmp(&b.object));
+        checked.health.sort_by(|a, b| a.0.cmp(&b.0));
+        if compare && self.remember {
+            self.sources
+                .lock()
+                .expect("sources")
+                .insert(channel.to_owned(), (source, scanned));
+        }
         Ok(checked)
     }
 

@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     for (label, applier) in [
-        ("listing, first (nothing remembered)", &applier),
+        ("listing, first after the apply", &applier),
         ("listing, unchanged", &applier),
     ] {
         let before = server.request_count();

@@ -40,16 +40,30 @@ async fn list_pages(
     let mut params = kube::api::ListParams::default().labels(labels).limit(page_size);
     loop {
         let next = if metadata {
-            let page = api.list_metadata(&params).await.map_err(|e| describe(&e))?;
-            let next = page.metadata.continue_.clone();
+            // Read into a struct of the three fields a check needs: serde skips the rest
+            // (managedFields above all, often most of an object's metadata) without building it.
+            let request = kube::core::Request::new(api.resource_url())
+                .list_metadata(&params)
+                .map_err(|e| describe(&kube::Error::BuildRequest(e)))?;
+            let page: LeanList = api
+                .clone()
+                .into_client()
+                .request(request)
+                .await
+                .map_err(|e| describe(&e))?;
             for o in page.items {
                 each(DynamicObject {
                     types: None,
-                    metadata: o.metadata,
+                    metadata: kube::api::ObjectMeta {
+                        name: o.metadata.name,
+                        namespace: o.metadata.namespace,
+                        resource_version: o.metadata.resource_version,
+                        ..Default::default()
+                    },
                     data: Value::Null,
                 });
             }
-            next
+            page.metadata.continue_
         } else {
             let page = api.list(&params).await.map_err(|e| describe(&e))?;
             let next = page.metadata.continue_.clone();
@@ -61,6 +75,34 @@ async fn list_pages(
             None => return Ok(()),
         }
     }
+}
+
+/// A metadata-only list page, as little of it as a drift check reads.
+#[derive(serde::Deserialize)]
+struct LeanList {
+    #[serde(default)]
+    metadata: LeanListMeta,
+    #[serde(default)]
+    items: Vec<LeanItem>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct LeanListMeta {
+    #[serde(rename = "continue")]
+    continue_: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct LeanItem {
+    metadata: LeanMeta,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeanMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    resource_version: Option<String>,
 }
 
 impl KubeApplier {
