@@ -118,20 +118,37 @@ fn the_binary_writes_a_kubeconfig_once_listening() {
     );
 }
 
-/// Protobuf bodies (what kubectl sends for built-in kinds) get the 415 a server that does
-/// not read them answers, not a 400 from a YAML parser.
+/// Protobuf bodies (what kubectl sends for built-in kinds) are read for the kinds `kubectl
+/// create` makes (kubectl.rs); others get the 415 a server that does not read them answers,
+/// and a malformed one a 400 that says what it is.
 #[tokio::test]
-async fn protobuf_bodies_are_an_unsupported_media_type() {
+async fn protobuf_bodies_of_other_kinds_are_an_unsupported_media_type() {
     install_crypto();
     let server = KubeTestServer::start().unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/namespaces", server.url()))
-        .header("content-type", "application/vnd.kubernetes.protobuf")
-        .body(b"k8s\x00\x0a\x0f".to_vec())
-        .send()
+    let post = |path: &str, body: Vec<u8>| {
+        reqwest::Client::new()
+            .post(format!("{}{path}", server.url()))
+            .header("content-type", "application/vnd.kubernetes.protobuf")
+            .body(body)
+            .send()
+    };
+    // A Deployment (typeMeta apps/v1, Deployment): not read here, as a server that does
+    // not speak protobuf for it answers.
+    let deployment = b"k8s\x00\x0a\x15\x0a\x07apps/v1\x12\x0aDeployment".to_vec();
+    let r = post("/apis/apps/v1/namespaces/default/deployments", deployment)
         .await
         .unwrap();
     assert_eq!(r.status(), 415);
     let status: serde_json::Value = r.json().await.unwrap();
     assert_eq!(status["reason"], "UnsupportedMediaType", "{status}");
+    // A truncated body is a bad request that says so.
+    let r = post("/api/v1/namespaces", b"k8s\x00\x0a\x0f".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        status["message"].as_str().unwrap().contains("protobuf"),
+        "{status}"
+    );
 }

@@ -2,7 +2,8 @@
 # Agent footprint and apply speed, side by side with kubectl in the same run:
 # stripped binary size, idle RSS after applying the example repo, peak RSS and wall time
 # applying a 1,000-object bundle to the Kubernetes API test server, versus
-# `kubectl apply --server-side` of the same objects against a fresh instance of the server.
+# `kubectl apply --server-side` of the same objects against a fresh instance of the server;
+# peak RSS applying a bundle at the format's caps, and the running agent's idle RSS after it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --locked --workspace --quiet
@@ -133,3 +134,15 @@ t8=$(ms)
 t9=$(ms)
 limit=$(grep -A3 'limits:' deploy/kubernetes/agent/base/deployment.yaml | grep -o 'memory: [0-9]*Mi' | grep -o '[0-9]*')
 echo "bundle at the caps (64 MiB, 8,000 objects), kube target: $((t9-t8)) ms, peak RSS $(awk '{printf "%.0f", $1/1024}' "$work/caps.maxrss") MiB (shipped limits: ${limit:-?} MiB in the Deployment, $(grep -o 'MemoryMax=.*' deploy/systemd/skiff-agent.service) in the unit)"
+
+# The same bundle taken by a running agent from its import folder: idle RSS once it has
+# applied it and a drift check has run (drift_interval 20s: a check within 10-20 s).
+server capsidle
+agent_config capsrun "$work/capsidle.kubeconfig" "$work/capsb"
+sed -i 's/channels: {bench: {}, demo: {}}/channels: {caps: {}}\ndrift_interval: 20s/' "$work/capsrun.yaml"
+SKIFF_LOG=warn "$bin/skiff-agent" run --config "$work/capsrun.yaml" 2>"$work/capsrun.log" &
+agent_pid=$!; pids+=($agent_pid)
+for _ in $(seq 1200); do grep -q '"ok": true' "$work/capsrun-data/status.json" 2>/dev/null && break; sleep 0.1; done
+sleep 30
+echo "agent idle RSS after the caps bundle (running, after a drift check): $(rss $agent_pid VmRSS | awk '{printf "%.1f MiB", $1/1024}') ($(rss $agent_pid RssAnon | awk '{printf "%.1f", $1/1024}') MiB private, $(rss $agent_pid RssFile | awk '{printf "%.1f", $1/1024}') MiB of the binary's pages); peak $(rss $agent_pid VmHWM | awk '{printf "%.0f MiB", $1/1024}')"
+kill "$agent_pid"
