@@ -291,26 +291,18 @@ async fn only_crds_the_bundle_uses_are_waited_for() {
         run.stderr
     );
     let requests = server.requests();
-    assert!(
-        !requests
-            .iter()
-            .any(|r| r.starts_with("GET /apis/unused.skiff.dev/")),
+    let count = |prefix: &str| requests.iter().filter(|r| r.starts_with(prefix)).count();
+    assert_eq!(
+        count("GET /apis/unused.skiff.dev/"),
+        0,
         "nothing waits for the unused CRD: {requests:?}"
     );
-    let discovery = requests
-        .iter()
-        .filter(|r| r.starts_with("GET /apis/example.skiff.dev/v1"))
-        .count();
     assert!(
-        discovery >= 2,
+        count("GET /apis/example.skiff.dev/v1") >= 2,
         "the wait asked discovery until the widgets were served: {requests:?}"
     );
-    let crd_reads = requests
-        .iter()
-        .filter(|r| r.starts_with("GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/"))
-        .count();
     assert!(
-        crd_reads <= 2,
+        count("GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/") <= 2,
         "CRDs are read for health only, not polled: {requests:?}"
     );
 }

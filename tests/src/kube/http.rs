@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::resources;
-use super::store::{ApiError, State, Sub};
+use super::store::{ApiError, PatchBody, State, Sub};
 
 /// The Kubernetes version reported by `/version`.
 pub const KUBE_VERSION: (&str, &str, &str) = ("1", "33", "v1.33.4");
@@ -421,35 +421,19 @@ fn route(
                     let (v, created) = state.apply(&rt, ns, name, config, manager, force, sub, dry_run)?;
                     Ok((if created { 201 } else { 200 }, v))
                 }
-                "application/merge-patch+json" => {
-                    let patch = parse_body(media, body)?;
-                    ok(
-                        state.merge_patch(
-                            &rt,
-                            ns,
-                            name,
-                            &patch,
-                            &manager_of(query, headers),
-                            sub,
-                            dry_run,
-                        )?,
-                    )
-                }
-                "application/strategic-merge-patch+json" if rt.crd.is_none() => {
+                "application/merge-patch+json"
+                | "application/json-patch+json"
+                | "application/strategic-merge-patch+json" => {
                     let patch = parse_body("application/json", body)?;
-                    ok(state.strategic_patch(
-                        &rt,
-                        ns,
-                        name,
-                        &patch,
-                        &manager_of(query, headers),
-                        sub,
-                        dry_run,
-                    )?)
-                }
-                "application/json-patch+json" => {
-                    let patch = parse_body("application/json", body)?;
-                    ok(state.json_patch(&rt, ns, name, &patch, &manager_of(query, headers), sub, dry_run)?)
+                    let patch = match media {
+                        "application/merge-patch+json" => PatchBody::Merge(&patch),
+                        "application/json-patch+json" => PatchBody::Json(&patch),
+                        // Custom resources take no strategic merge patch (415, as the server).
+                        _ if rt.crd.is_some() => return Err(ApiError::unsupported_media_type(media)),
+                        _ => PatchBody::Strategic(&patch),
+                    };
+                    let manager = manager_of(query, headers);
+                    ok(state.patch(&rt, ns, name, patch, &manager, sub, dry_run)?)
                 }
                 other => Err(ApiError::unsupported_media_type(other)),
             }
@@ -535,11 +519,11 @@ fn scale(
         .filter(|r| *r >= 0)
         .ok_or_else(|| ApiError::bad_request("Scale.spec.replicas must be a whole number, 0 or more"))?;
     let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
-    let updated = state.merge_patch(
+    let updated = state.patch(
         rt,
         ns,
         name,
-        &json!({"spec": {"replicas": replicas}}),
+        PatchBody::Merge(&json!({"spec": {"replicas": replicas}})),
         &manager_of(query, headers),
         Sub::Main,
         dry_run,

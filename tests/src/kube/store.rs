@@ -14,6 +14,7 @@ use super::resources::{self, ResourceType};
 use super::schema::{self, FieldValidation};
 
 mod events;
+pub use events::Change;
 mod lifecycle;
 
 /// A failed request, rendered as a `Status` object.
@@ -147,6 +148,17 @@ pub struct Stored {
     pub object: Value,
     /// Its managers.
     pub managers: Vec<Manager>,
+}
+
+/// A PATCH body, by its media type.
+#[derive(Clone, Copy, Debug)]
+pub enum PatchBody<'a> {
+    /// `application/merge-patch+json` (RFC 7386).
+    Merge(&'a Value),
+    /// `application/json-patch+json` (RFC 6902).
+    Json(&'a Value),
+    /// `application/strategic-merge-patch+json` (built-in kinds).
+    Strategic(&'a Value),
 }
 
 /// Which endpoint a write came through.
@@ -528,60 +540,27 @@ impl State {
         self.write_update(rt, ns, name, old, body, manager, sub, dry_run)
     }
 
-    /// PATCH with `application/merge-patch+json`.
+    /// PATCH (not server-side apply): the patch is applied to the object as stored, and the
+    /// result written as an update.
     #[allow(clippy::too_many_arguments)]
-    pub fn merge_patch(
+    pub fn patch(
         &mut self,
         rt: &ResourceType,
         ns: Option<&str>,
         name: &str,
-        patch: &Value,
+        patch: PatchBody<'_>,
         manager: &str,
         sub: Sub,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
         let old = self.existing(rt, ns, name)?;
         let mut new = Self::render(rt, &old);
-        json_merge_patch(&mut new, patch);
-        self.check_identity(rt, ns, Some(name), &new)?;
-        self.write_update(rt, ns, name, old, new, manager, sub, dry_run)
-    }
-
-    /// PATCH with `application/strategic-merge-patch+json` (built-in kinds only).
-    #[allow(clippy::too_many_arguments)]
-    pub fn strategic_patch(
-        &mut self,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        name: &str,
-        patch: &Value,
-        manager: &str,
-        sub: Sub,
-        dry_run: bool,
-    ) -> Result<Value, ApiError> {
-        let old = self.existing(rt, ns, name)?;
-        let mut new = Self::render(rt, &old);
-        super::strategic::apply(&mut new, patch).map_err(ApiError::bad_request)?;
-        self.check_identity(rt, ns, Some(name), &new)?;
-        self.write_update(rt, ns, name, old, new, manager, sub, dry_run)
-    }
-
-    /// PATCH with an RFC 6902 JSON Patch.
-    #[allow(clippy::too_many_arguments)]
-    pub fn json_patch(
-        &mut self,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        name: &str,
-        patch: &Value,
-        manager: &str,
-        sub: Sub,
-        dry_run: bool,
-    ) -> Result<Value, ApiError> {
-        let old = self.existing(rt, ns, name)?;
-        let mut new = Self::render(rt, &old);
-        super::jsonpatch::apply(&mut new, patch)
-            .map_err(|e| ApiError::new(422, "Invalid", format!("the JSON patch does not apply: {e}")))?;
+        match patch {
+            PatchBody::Merge(p) => json_merge_patch(&mut new, p),
+            PatchBody::Json(p) => super::jsonpatch::apply(&mut new, p)
+                .map_err(|e| ApiError::new(422, "Invalid", format!("the JSON patch does not apply: {e}")))?,
+            PatchBody::Strategic(p) => super::strategic::apply(&mut new, p).map_err(ApiError::bad_request)?,
+        }
         self.check_identity(rt, ns, Some(name), &new)?;
         self.write_update(rt, ns, name, old, new, manager, sub, dry_run)
     }

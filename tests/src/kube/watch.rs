@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::resources::ResourceType;
-use super::store::ApiError;
+use super::store::{ApiError, Change, State};
 
 /// What one watch follows.
 pub struct Watched {
@@ -30,6 +30,18 @@ pub struct Watched {
     pub labels: Option<String>,
     /// `fieldSelector` (with the object's name when the URL names one).
     pub fields: Option<String>,
+}
+
+impl Watched {
+    fn changes(&self, state: &State, from: u64) -> Result<(Vec<Change>, u64), ApiError> {
+        state.changes_since(
+            &self.rt,
+            self.namespace.as_deref(),
+            self.labels.as_deref(),
+            self.fields.as_deref(),
+            from,
+        )
+    }
 }
 
 fn event(kind: &str, object: &Value) -> Bytes {
@@ -73,13 +85,7 @@ pub fn serve(shared: Arc<Shared>, w: Watched, query: &HashMap<String, String>) -
                 .unwrap_or(0);
             (added, rv)
         } else {
-            let (changes, rv) = state.changes_since(
-                &w.rt,
-                w.namespace.as_deref(),
-                w.labels.as_deref(),
-                w.fields.as_deref(),
-                from,
-            )?;
+            let (changes, rv) = w.changes(&state, from)?;
             (changes.iter().map(|(kind, o)| event(kind, o)).collect(), rv)
         }
     };
@@ -100,13 +106,7 @@ pub fn serve(shared: Arc<Shared>, w: Watched, query: &HashMap<String, String>) -
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let mut state = shared.state.lock().expect("state lock");
                 state.tick();
-                let changes = state.changes_since(
-                    &w.rt,
-                    w.namespace.as_deref(),
-                    w.labels.as_deref(),
-                    w.fields.as_deref(),
-                    cursor,
-                );
+                let changes = w.changes(&state, cursor);
                 drop(state);
                 let Ok((changes, rv)) = changes else { return None };
                 pending.extend(changes.iter().map(|(kind, o)| event(kind, o)));
