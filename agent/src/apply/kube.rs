@@ -293,12 +293,19 @@ impl KubeApplier {
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = self.force;
         let api = self.api(&ar, &caps, o.id.namespace.as_deref());
-        match api.patch(&o.id.name, &params, &Patch::Apply(&o.value)).await {
-            Ok(applied) => {
-                if let Some(version) = applied.metadata.resource_version.clone() {
-                    let live = serde_json::to_value(&applied).unwrap_or(Value::Null);
+        // The answer is read as plain JSON: its version and health are all that is kept.
+        let request = kube::core::Request::new(api.resource_url())
+            .patch(&o.id.name, &params, &Patch::Apply(&o.value))
+            .map_err(|e| describe(&kube::Error::BuildRequest(e)))?;
+        match self.client.request::<Value>(request).await {
+            Ok(live) => {
+                if let Some(version) = live.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
                     let health = crate::drift::object_health(&live);
-                    self.remember(channel, &o.id, Some((version, desired_digest(&o.value), health)));
+                    self.remember(
+                        channel,
+                        &o.id,
+                        Some((version.to_owned(), desired_digest(&o.value), health)),
+                    );
                 }
                 Ok(())
             }
