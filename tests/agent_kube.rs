@@ -64,6 +64,17 @@ fn import(st: &Setup, generation: u64) -> skiff_tests::Run {
     agent(&["import", "--config", s(&st.config), s(&b), s(&e)])
 }
 
+/// Puts a bundle pair in an import folder (a USB stick) and points the agent's config at it.
+fn on_import_medium(st: &Setup, bundle: &Path, envelope: &Path) {
+    let usb = st.tmp.path().join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    for file in [bundle, envelope] {
+        std::fs::copy(file, usb.join(file.file_name().unwrap())).unwrap();
+    }
+    let config = std::fs::read_to_string(&st.config).unwrap() + &format!("import_dir: {}\n", usb.display());
+    std::fs::write(&st.config, config).unwrap();
+}
+
 #[tokio::test]
 async fn applies_crd_and_resource_together_noop_reapply_and_prune() {
     let c = TestCluster::start().await;
@@ -199,16 +210,10 @@ async fn the_running_agent_retries_a_500_until_the_bundle_applies_needs_fault_in
     };
     let st = setup(&c);
     let (b, e) = skiff_tests::build_bundle(&st.apps, &st.key, &st.tmp.path().join("out"), &st.channel, 1);
-    let import = st.tmp.path().join("usb");
-    std::fs::create_dir_all(&import).unwrap();
     // kube's client does not retry 500s. The applier tries a throttled request 4 times at
     // the server's pace; past that, the agent's retry loop must apply the bundle again.
     server.fail_next_apply(6, 500, "/configmaps/web-config", "skiff");
-    std::fs::copy(&b, import.join(b.file_name().unwrap())).unwrap();
-    std::fs::copy(&e, import.join(e.file_name().unwrap())).unwrap();
-    let config =
-        std::fs::read_to_string(&st.config).unwrap() + &format!("import_dir: {}\n", import.display());
-    std::fs::write(&st.config, config).unwrap();
+    on_import_medium(&st, &b, &e);
     let proc = skiff_tests::agent::AgentProcess::start(&st.config);
     let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), &st.ns);
     let applied = skiff_tests::cluster::eventually(Duration::from_secs(30), || async {
@@ -376,13 +381,7 @@ async fn a_bundle_for_a_terminating_namespace_applies_once_the_namespace_is_gone
     namespaces.delete(&st.ns, &DeleteParams::default()).await.unwrap();
 
     let (b, e) = skiff_tests::build_bundle(&st.apps, &st.key, &st.tmp.path().join("out"), &st.channel, 1);
-    let import = st.tmp.path().join("usb");
-    std::fs::create_dir_all(&import).unwrap();
-    std::fs::copy(&b, import.join(b.file_name().unwrap())).unwrap();
-    std::fs::copy(&e, import.join(e.file_name().unwrap())).unwrap();
-    let config =
-        std::fs::read_to_string(&st.config).unwrap() + &format!("import_dir: {}\n", import.display());
-    std::fs::write(&st.config, config).unwrap();
+    on_import_medium(&st, &b, &e);
     let proc = skiff_tests::agent::AgentProcess::start(&st.config);
     let refused = skiff_tests::cluster::eventually(Duration::from_secs(60), || async {
         proc.log().contains("being terminated")
@@ -438,12 +437,7 @@ async fn an_unknown_field_fails_the_generation_once_naming_object_file_and_field
     // within 1-2 s, and the folder is scanned every 2 s).
     std::fs::remove_dir_all(st.tmp.path().join("agent/data")).unwrap();
     let (b, e) = skiff_tests::build_bundle(&st.apps, &st.key, &st.tmp.path().join("out2"), &st.channel, 2);
-    let usb = st.tmp.path().join("usb");
-    std::fs::create_dir_all(&usb).unwrap();
-    std::fs::copy(&b, usb.join(b.file_name().unwrap())).unwrap();
-    std::fs::copy(&e, usb.join(e.file_name().unwrap())).unwrap();
-    let config = std::fs::read_to_string(&st.config).unwrap() + &format!("import_dir: {}\n", usb.display());
-    std::fs::write(&st.config, config).unwrap();
+    on_import_medium(&st, &b, &e);
     let proc = skiff_tests::agent::AgentProcess::start(&st.config);
     let failed = skiff_tests::cluster::eventually(Duration::from_secs(60), || async {
         proc.log().contains("not in the kind's schema")
