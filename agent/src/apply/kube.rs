@@ -86,7 +86,7 @@ fn source_key(bundle: &dyn BundleFiles, values: Option<&Values>) -> u64 {
     m.default_namespace.hash(&mut h);
     for f in &m.files {
         f.path.hash(&mut h);
-        f.sha256.to_string().hash(&mut h);
+        f.sha256.hash(&mut h);
     }
     values.hash(&mut h);
     h.finish()
