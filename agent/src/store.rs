@@ -116,6 +116,12 @@ pub struct ChannelState {
 /// of each channel is kept longest).
 pub const OUTBOX_MAX_BYTES: u64 = 16 << 20;
 
+/// Memory redb may keep of the store's pages (its default is 1 GiB: a store of a few MB
+/// would stay in memory whole, an idle agent's largest part after a large apply). The
+/// store is read at start and written after applies and checks; the system's page cache
+/// serves the rest.
+const CACHE_BYTES: usize = 256 << 10;
+
 /// The store.
 pub struct Store {
     db: Database,
@@ -136,7 +142,7 @@ impl Store {
         // `skiff-agent status` may hold the store for a moment: wait for it (briefly).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let db = loop {
-            match Database::create(&path) {
+            match Database::builder().set_cache_size(CACHE_BYTES).create(&path) {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
