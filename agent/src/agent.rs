@@ -665,15 +665,15 @@ impl Agent {
     }
 
     /// The accepted bundle of a channel, read from the store and verified again (the store
-    /// is a disk, and disks lie). Expiry is about accepting: the last good state stays
-    /// applicable offline.
+    /// is a disk, and disks lie: envelope, size and digest; its files are checked as they
+    /// are read). Expiry is about accepting: the last good state stays applicable offline.
     fn stored_bundle(&self, channel: &str, accepted: &Accepted) -> anyhow::Result<StoredBundle> {
         let policy = Policy {
             channel: Some(channel.to_owned()),
             now: accepted.at,
             ..Policy::default()
         };
-        StoredBundle::verify(
+        StoredBundle::reopen(
             &self.trust(),
             &accepted.envelope.to_json(),
             &self.store.bundle_path(&accepted.sha256),

@@ -103,6 +103,30 @@ impl StoredBundle {
         path: &Path,
         policy: &Policy,
     ) -> Result<(skiff_proto::statement::Statement, Self), String> {
+        Self::open(trust, envelope_json, path, policy, true)
+    }
+
+    /// A stored bundle that [`Self::verify`] accepted before, opened again: the envelope,
+    /// the tarball's size and digest are checked as then, but of its content only the
+    /// manifest is read: the digest says the bytes are those verified in full, and every
+    /// later read of its files checks them again. A drift check of an unchanged channel
+    /// then reads a bundle's first kilobytes and its digest, not all of its content.
+    pub fn reopen(
+        trust: &TrustSet,
+        envelope_json: &[u8],
+        path: &Path,
+        policy: &Policy,
+    ) -> Result<(skiff_proto::statement::Statement, Self), String> {
+        Self::open(trust, envelope_json, path, policy, false)
+    }
+
+    fn open(
+        trust: &TrustSet,
+        envelope_json: &[u8],
+        path: &Path,
+        policy: &Policy,
+        in_full: bool,
+    ) -> Result<(skiff_proto::statement::Statement, Self), String> {
         let envelope = skiff_proto::dsse::Envelope::from_json(envelope_json).map_err(|e| e.to_string())?;
         let statement = trust.verify_envelope(&envelope).map_err(|e| e.to_string())?;
         trust.check_fresh(policy.now).map_err(|e| e.to_string())?;
@@ -125,11 +149,12 @@ impl StoredBundle {
             .to_string());
         }
         skiff_proto::verify::check_policy(&statement, policy).map_err(|e| e.to_string())?;
-        let manifest = skiff_proto::bundle::read_bundle_with(
-            std::io::BufReader::new(open()?),
-            &policy.limits,
-            &mut |_, _, _| {},
-        )
+        let reader = std::io::BufReader::new(open()?);
+        let manifest = if in_full {
+            skiff_proto::bundle::read_bundle_with(reader, &policy.limits, &mut |_, _, _| {})
+        } else {
+            skiff_proto::bundle::read_manifest(reader, &policy.limits)
+        }
         .map_err(|e| VerifyError::Bundle(e).to_string())?;
         if manifest.channel != statement.channel {
             return Err(VerifyError::BundleChannelMismatch {

@@ -7,7 +7,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use skiff_proto::Sha256Digest;
 use skiff_proto::bundle::{
-    BundleError, Limits, MANIFEST_NAME, PathProblem, Source, read_bundle, write_bundle,
+    BundleError, Limits, MANIFEST_NAME, PathProblem, Source, read_bundle, read_manifest, write_bundle,
 };
 
 const CM: &[u8] = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n";
@@ -273,6 +273,31 @@ fn non_utf8_name() {
         link: Vec::new(),
     });
     assert!(matches!(read(&e), Err(BundleError::NonUtf8Path { .. })));
+}
+
+#[test]
+fn the_manifest_alone_reads_as_the_whole_bundle_does_and_is_checked_the_same() {
+    let limits = Limits::default();
+    let whole = read(&good()).unwrap();
+    let alone = read_manifest(gz(&raw_tar(&good())).as_slice(), &limits).unwrap();
+    assert_eq!(alone, whole.manifest);
+    // What follows the manifest is not read: a damaged tail does not stop it (the
+    // tarball's signed digest is what vouches for the rest).
+    let mut tail_damaged = good();
+    tail_damaged.push(file("stray.txt", b"x"));
+    assert!(read(&tail_damaged).is_err());
+    assert_eq!(
+        read_manifest(gz(&raw_tar(&tail_damaged)).as_slice(), &limits).unwrap(),
+        whole.manifest
+    );
+    // The manifest itself is checked as a full read checks it.
+    let e = vec![file("manifests/a.yaml", CM)];
+    assert!(matches!(
+        read_manifest(gz(&raw_tar(&e)).as_slice(), &limits),
+        Err(BundleError::ManifestMissing { .. })
+    ));
+    let bad = vec![file(MANIFEST_NAME, b"{\"formatVersion\": 9}")];
+    assert!(read_manifest(gz(&raw_tar(&bad)).as_slice(), &limits).is_err());
 }
 
 #[test]

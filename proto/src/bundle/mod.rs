@@ -6,7 +6,7 @@
 mod reader;
 mod writer;
 
-pub use reader::{Bundle, BundleError, BundleFile, read_bundle, read_bundle_with};
+pub use reader::{Bundle, BundleError, BundleFile, read_bundle, read_bundle_with, read_manifest};
 
 /// A checked bundle's files, read in manifest order: held in memory ([`Bundle`]), or read
 /// again from a stored tarball a file at a time (the agent's stored bundles), so what

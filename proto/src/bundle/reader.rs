@@ -266,34 +266,29 @@ fn check_end<R: Read>(mut rest: CappedReader<GzDecoder<BufReader<R>>>) -> Result
     Ok(())
 }
 
+/// The manifest of a bundle, read and checked from its first entry; the rest of the stream
+/// is not read. For a tarball read in full by [`read_bundle_with`] before and whose digest
+/// still matches the signed one: its bytes are those checked then, so only the manifest
+/// need be read again (a drift check of a large bundle reads its first kilobytes, not all
+/// of it).
+pub fn read_manifest(tar_gz: impl Read, limits: &Limits) -> Result<BundleManifest, BundleError> {
+    let capped = CappedReader {
+        inner: GzDecoder::new(BufReader::new(tar_gz)),
+        left: limits.max_tar_stream(),
+        exceeded: Rc::new(Cell::new(false)),
+    };
+    let mut archive = tar::Archive::new(capped);
+    let mut entries = archive.entries().map_err(BundleError::Corrupt)?;
+    first_manifest(&mut entries, limits)
+}
+
 fn read_entries<R: Read>(
     archive: &mut tar::Archive<R>,
     limits: &Limits,
     each: &mut dyn FnMut(usize, &super::FileEntry, Vec<u8>),
 ) -> Result<BundleManifest, BundleError> {
     let mut entries = archive.entries().map_err(BundleError::Corrupt)?;
-
-    // §2.2: the manifest comes first and is read within its own cap.
-    let mut first = match entries.next() {
-        None => return Err(BundleError::ManifestMissing { found: String::new() }),
-        Some(entry) => entry.map_err(BundleError::Corrupt)?,
-    };
-    let first_path = entry_path(&first)?;
-    if first_path != MANIFEST_NAME {
-        return Err(BundleError::ManifestMissing { found: first_path });
-    }
-    check_regular(&first, &first_path)?;
-    let size = first.header().size().map_err(BundleError::Corrupt)?;
-    if size > limits.max_manifest_size {
-        return Err(BundleError::ManifestTooLarge {
-            size,
-            limit: limits.max_manifest_size,
-        });
-    }
-    let manifest_bytes = read_exact_size(&mut first, size)?;
-    let manifest: BundleManifest =
-        serde_json::from_slice(&manifest_bytes).map_err(|e| BundleError::ManifestMalformed(e.to_string()))?;
-    validate_manifest(&manifest, limits)?;
+    let manifest = first_manifest(&mut entries, limits)?;
 
     // §2.3: every other entry is a listed regular file whose size and digest match.
     let listed: BTreeMap<&str, usize> = manifest
@@ -352,6 +347,34 @@ fn read_entries<R: Read>(
             path: manifest.files[missing].path.clone(),
         });
     }
+    Ok(manifest)
+}
+
+/// §2.2: the manifest comes first and is read within its own cap.
+fn first_manifest<R: Read>(
+    entries: &mut tar::Entries<'_, R>,
+    limits: &Limits,
+) -> Result<BundleManifest, BundleError> {
+    let mut first = match entries.next() {
+        None => return Err(BundleError::ManifestMissing { found: String::new() }),
+        Some(entry) => entry.map_err(BundleError::Corrupt)?,
+    };
+    let first_path = entry_path(&first)?;
+    if first_path != MANIFEST_NAME {
+        return Err(BundleError::ManifestMissing { found: first_path });
+    }
+    check_regular(&first, &first_path)?;
+    let size = first.header().size().map_err(BundleError::Corrupt)?;
+    if size > limits.max_manifest_size {
+        return Err(BundleError::ManifestTooLarge {
+            size,
+            limit: limits.max_manifest_size,
+        });
+    }
+    let manifest_bytes = read_exact_size(&mut first, size)?;
+    let manifest: BundleManifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| BundleError::ManifestMalformed(e.to_string()))?;
+    validate_manifest(&manifest, limits)?;
     Ok(manifest)
 }
 
