@@ -16,7 +16,8 @@ use skiff_proto::api::ObjectRef;
 use skiff_proto::bundle::{Bundle, Limits, Source, read_bundle, write_bundle};
 use skiff_tests::cluster::{TestCluster, unique_name};
 
-fn bundle(channel: &str, ns: &str, maps: usize) -> Bundle {
+/// A Namespace, `maps` ConfigMaps (each with `pad` bytes of data more) and a Service.
+fn bundle(channel: &str, ns: &str, maps: usize, pad: usize) -> Bundle {
     let mut files = BTreeMap::new();
     files.insert(
         "00-namespace.yaml".to_owned(),
@@ -26,7 +27,8 @@ fn bundle(channel: &str, ns: &str, maps: usize) -> Bundle {
         files.insert(
             format!("cm-{i:03}.yaml"),
             format!(
-                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}, namespace: {ns}}}\ndata: {{a: \"{i}\", b: \"x\"}}\n"
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}, namespace: {ns}}}\ndata: {{a: \"{i}\", b: \"x\", pad: \"{}\"}}\n",
+                "p".repeat(pad)
             )
             .into_bytes(),
         );
@@ -77,10 +79,24 @@ fn summary(c: &Checked) -> Summary {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listing_check_finds_exactly_what_comparing_every_object_finds() {
+    listing_check_equals_comparing_every_object(0).await;
+}
+
+/// A bundle larger than the applier's batch (4 MiB of manifests) is not kept parsed from
+/// its scan: apply and the full check read it again a batch at a time. Same results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_for_a_bundle_read_a_batch_at_a_time() {
+    listing_check_equals_comparing_every_object(150_000).await;
+}
+
+async fn listing_check_equals_comparing_every_object(pad: usize) {
     let c = TestCluster::start().await;
     let channel = unique_name("quiet");
     let ns = unique_name("quiet");
-    let b = bundle(&channel, &ns, 30);
+    let b = bundle(&channel, &ns, 30, pad);
+    if pad > 0 {
+        assert!(b.manifest.total_size > 4 << 20, "{}", b.manifest.total_size);
+    }
     let quiet = KubeApplier::new(c.client.clone(), true, ns.clone());
     let full = KubeApplier::new(c.client.clone(), true, ns.clone()).without_memory();
     let applied = quiet.apply(&channel, None, &b, &[]).await;

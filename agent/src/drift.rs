@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use serde_json::Value;
 use skiff_proto::api::{DriftPath, Health, ObjectRef};
 
@@ -183,6 +184,100 @@ pub fn object_health(live: &Value) -> (&'static str, Option<String>) {
     }
 }
 
+/// What [`object_health`] reads of a live object, read straight from a server's answer:
+/// the rest of the object (a ConfigMap's data, managedFields) is skipped, never built.
+#[derive(Debug, Default, Deserialize)]
+pub struct Vitals {
+    #[serde(default)]
+    kind: String,
+    /// The object's metadata, as far as health and drift need it.
+    #[serde(default)]
+    pub metadata: VitalMetadata,
+    #[serde(default)]
+    spec: VitalSpec,
+    #[serde(default)]
+    status: Value,
+}
+
+/// [`Vitals`]' part of the metadata.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VitalMetadata {
+    /// The object's version.
+    pub resource_version: Option<String>,
+    generation: Option<i64>,
+}
+
+/// `spec.replicas` when it is an integer; any other `spec` (a custom resource's may be
+/// anything) reads as none, skipped without being built.
+#[derive(Debug, Default)]
+struct VitalSpec {
+    replicas: Option<i64>,
+}
+
+impl<'de> Deserialize<'de> for VitalSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = VitalSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object's spec")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<VitalSpec, A::Error> {
+                let mut spec = VitalSpec::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "replicas" {
+                        spec.replicas = map.next_value::<Value>()?.as_i64();
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(spec)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<VitalSpec, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(VitalSpec::default())
+            }
+            fn visit_unit<E>(self) -> Result<VitalSpec, E> {
+                Ok(VitalSpec::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<VitalSpec, E> {
+                Ok(VitalSpec::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<VitalSpec, E> {
+                Ok(VitalSpec::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<VitalSpec, E> {
+                Ok(VitalSpec::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<VitalSpec, E> {
+                Ok(VitalSpec::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<VitalSpec, E> {
+                Ok(VitalSpec::default())
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+impl Vitals {
+    /// The object's health, as [`object_health`] finds it.
+    pub fn health(&self) -> (&'static str, Option<String>) {
+        let mut spec = serde_json::Map::new();
+        if let Some(r) = self.spec.replicas {
+            spec.insert("replicas".into(), r.into());
+        }
+        let live = serde_json::json!({
+            "kind": self.kind,
+            "metadata": {"generation": self.metadata.generation},
+            "spec": spec,
+            "status": self.status,
+        });
+        object_health(&live)
+    }
+}
+
 /// Rolls objects' health up: Degraded if any is, else Progressing if any is, else Healthy.
 pub fn roll_up(objects: &[(ObjectRef, &'static str, Option<String>)]) -> Health {
     let worst = if objects.iter().any(|o| o.1 == "Degraded") {
@@ -241,6 +336,35 @@ mod tests {
         );
         assert_eq!(d[0].path, ".data.k");
         assert!(d[0].desired.is_none() && d[0].live.is_none());
+    }
+
+    #[test]
+    fn an_answers_vitals_give_the_health_of_the_whole_object() {
+        let objects = [
+            json!({"kind": "Deployment", "metadata": {"name": "w", "generation": 3, "resourceVersion": "7",
+                   "managedFields": [{"manager": "skiff"}]},
+                   "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "c"}]}}},
+                   "status": {"observedGeneration": 3, "updatedReplicas": 3, "readyReplicas": 2}}),
+            json!({"kind": "Deployment", "metadata": {"generation": 1}, "spec": {},
+                   "status": {"observedGeneration": 1, "updatedReplicas": 1, "readyReplicas": 1}}),
+            json!({"kind": "StatefulSet", "metadata": {"generation": 2}, "spec": {"replicas": 1},
+                   "status": {"observedGeneration": 1}}),
+            json!({"kind": "Job", "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}),
+            json!({"kind": "ConfigMap", "metadata": {"resourceVersion": "9"}, "data": {"a": "b"}}),
+            // A custom resource's spec may be anything.
+            json!({"kind": "Widget", "spec": "plain", "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Waiting"}]}}),
+            json!({"kind": "Widget", "spec": {"replicas": "two", "x": [1, {"y": null}]}}),
+            json!({"kind": "Widget", "spec": null}),
+            json!({"kind": "Widget", "spec": [1, 2]}),
+        ];
+        for o in objects {
+            let vitals: Vitals = serde_json::from_slice(&serde_json::to_vec(&o).unwrap()).unwrap();
+            assert_eq!(vitals.health(), object_health(&o), "{o}");
+            assert_eq!(
+                vitals.metadata.resource_version.as_deref(),
+                o.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+            );
+        }
     }
 
     #[test]

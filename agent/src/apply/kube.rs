@@ -66,14 +66,24 @@ pub struct KubeApplier {
 /// what skiff wants of it, and its health then (unchanged while the version is).
 type Seen = (String, u64, (&'static str, Option<String>));
 
-/// Per channel, per object: what the last check found of the objects in sync.
-type InSync = HashMap<String, BTreeMap<ObjectRef, Seen>>;
+/// Per channel, per object ([`id_key`]): what the last check found of the objects in sync.
+type InSync = HashMap<String, HashMap<u64, Seen>>;
 
-/// A digest of what skiff wants of an object (its manifest, as applied).
-fn desired_digest(value: &Value) -> u64 {
+/// An object's key in [`InSync`]: a hash of its identity, not a copy of it (a few bytes an
+/// object, not a hundred). Two objects sharing a key only cost a comparison: each finds
+/// the other's resourceVersion remembered, which is never its own, and is compared again.
+fn id_key(id: &ObjectRef) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    value.to_string().hash(&mut h);
+    id.hash(&mut h);
+    h.finish()
+}
+
+/// A digest of what skiff wants of an object: its manifest as sent (compact JSON).
+fn desired_digest(json: &[u8]) -> u64 {
+    use std::hash::Hasher as _;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(json);
     h.finish()
 }
 
@@ -229,7 +239,7 @@ impl KubeApplier {
             .lock()
             .expect("in_sync")
             .get(channel)
-            .and_then(|m| m.get(id))
+            .and_then(|m| m.get(&id_key(id)))
             .cloned()
     }
 
@@ -240,8 +250,8 @@ impl KubeApplier {
         let mut all = self.in_sync.lock().expect("in_sync");
         let m = all.entry(channel.to_owned()).or_default();
         match seen {
-            Some(s) => m.insert(id.clone(), s),
-            None => m.remove(id),
+            Some(s) => m.insert(id_key(id), s),
+            None => m.remove(&id_key(id)),
         };
     }
 
@@ -293,19 +303,18 @@ impl KubeApplier {
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = self.force;
         let api = self.api(&ar, &caps, o.id.namespace.as_deref());
-        // The answer is read as plain JSON: its version and health are all that is kept.
-        let request = kube::core::Request::new(api.resource_url())
-            .patch(&o.id.name, &params, &Patch::Apply(&o.value))
+        // The manifest is serialized once, for the body and its digest; of the answer only
+        // its version and what its health needs are read (the rest is skipped, not built).
+        let body = serde_json::to_vec(&o.value).map_err(|e| (e.to_string(), Retry::Never))?;
+        let digest = desired_digest(&body);
+        let mut request = kube::core::Request::new(api.resource_url())
+            .patch(&o.id.name, &params, &Patch::Apply(()))
             .map_err(|e| describe(&kube::Error::BuildRequest(e)))?;
-        match self.client.request::<Value>(request).await {
+        *request.body_mut() = body;
+        match self.client.request::<crate::drift::Vitals>(request).await {
             Ok(live) => {
-                if let Some(version) = live.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                    let health = crate::drift::object_health(&live);
-                    self.remember(
-                        channel,
-                        &o.id,
-                        Some((version.to_owned(), desired_digest(&o.value), health)),
-                    );
+                if let Some(version) = &live.metadata.resource_version {
+                    self.remember(channel, &o.id, Some((version.clone(), digest, live.health())));
                 }
                 Ok(())
             }
@@ -441,10 +450,14 @@ impl KubeApplier {
         previous: &[ObjectRef],
     ) -> Outcome {
         let mut outcome = Outcome::default();
-        let scanned = match self.scan(channel, values, bundle).await {
+        let mut scanned = match self.scan(channel, values, bundle).await {
             Ok(s) => s,
             Err(o) => return o,
         };
+        let mut kept = scanned.take_kept();
+        // What is remembered of the channel is what this apply leaves (objects of earlier
+        // generations are not kept).
+        self.in_sync.lock().expect("in_sync").remove(channel);
         // Objects defined twice are errors, reported after the rest is applied (no prune).
         let ids: Vec<(ObjectRef, String)> = scanned
             .objects
@@ -473,7 +486,7 @@ impl KubeApplier {
         let groups = order.chunk_by(|a, b| (a.wave, super::phase(&a.id)) == (b.wave, super::phase(&b.id)));
         for group in groups {
             for batch in Scanned::batches(group, bundle.manifest()) {
-                let objects = match self.load(channel, values, bundle, &scanned, &batch) {
+                let objects = match self.load(channel, values, bundle, (&scanned, &mut kept), &batch) {
                     Ok(o) => o,
                     Err(o) => return o,
                 };
@@ -574,7 +587,8 @@ impl KubeApplier {
         values: Option<&Values>,
         bundle: &dyn BundleFiles,
     ) -> Result<Checked, Outcome> {
-        let scanned = self.scan(channel, values, bundle).await?;
+        let mut scanned = self.scan(channel, values, bundle).await?;
+        drop(scanned.take_kept()); // health is read from lists, not from the manifests
         let all = unique(&scanned);
         let mut kinds: BTreeMap<(String, String), std::collections::BTreeSet<Key>> = BTreeMap::new();
         for o in &all {
@@ -656,9 +670,13 @@ impl KubeApplier {
             .filter(|(key, _)| *key == source)
             .map(|(_, scan)| scan.clone());
         let same_source = known.is_some();
-        let scanned = match known {
-            Some(scan) => scan,
-            None => std::sync::Arc::new(self.scan(channel, values, bundle).await?),
+        let (scanned, mut kept) = match known {
+            Some(scan) => (scan, None),
+            None => {
+                let mut scan = self.scan(channel, values, bundle).await?;
+                let kept = scan.take_kept();
+                (std::sync::Arc::new(scan), kept)
+            }
         };
         let mut all = unique(&scanned);
         if let Some(only) = only {
@@ -721,7 +739,7 @@ impl KubeApplier {
                 .collect();
             for batch in Scanned::batches(&now, bundle.manifest()) {
                 let loaded: Vec<(Desired, Listed)> = self
-                    .load(channel, values, bundle, &scanned, &batch)?
+                    .load(channel, values, bundle, (&scanned, &mut kept), &batch)?
                     .into_iter()
                     .map(|o| {
                         let live = take(&o.id);
@@ -787,7 +805,7 @@ impl KubeApplier {
             .map_err(|e| describe(&e))?;
         let api = self.api(&ar, &caps, o.id.namespace.as_deref());
         let heal = heal && !crate::drift::self_heal_disabled(&o.value);
-        let digest = desired_digest(&o.value);
+        let digest = desired_digest(&serde_json::to_vec(&o.value).unwrap_or_default());
         // Unchanged on both sides since the last check found it in sync: in sync, with the
         // health it had (a status change would have changed the version).
         if let (Listed::Version(version), true) = (listed, compare && self.remember)

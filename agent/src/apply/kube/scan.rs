@@ -34,6 +34,10 @@ pub(super) struct Scanned {
     scopes: BTreeMap<(String, String), bool>,
     /// The bundle's CRDs by name: what each defines.
     pub(super) crds: BTreeMap<String, Crd>,
+    /// The objects themselves, kept from the scan of a bundle no larger than a batch
+    /// ([`BATCH_BYTES`]): it is read once, not twice. Taken out before a scan is kept
+    /// between checks ([`Self::take_kept`]).
+    kept: Option<Vec<Desired>>,
 }
 
 /// What a CRD of the bundle defines.
@@ -86,6 +90,12 @@ impl Scanned {
                 version,
             },
         );
+    }
+
+    /// The objects kept from the scan, if it kept them; [`KubeApplier::load`] takes a
+    /// batch's objects from them instead of reading the bundle again.
+    pub(super) fn take_kept(&mut self) -> Option<Vec<Desired>> {
+        self.kept.take()
     }
 
     pub(super) fn namespaced(&self, id: &ObjectRef) -> bool {
@@ -152,6 +162,8 @@ impl KubeApplier {
         let manifest = bundle.manifest();
         let mut budget = Budget::for_bundle(manifest.total_size);
         let mut scanned = Scanned::default();
+        let keep = manifest.total_size <= BATCH_BYTES as u64;
+        let mut kept = Vec::new();
         let mut errors = Vec::new();
         bundle
             .each_file(&|_| true, &mut |file, f| match file_objects(
@@ -167,12 +179,22 @@ impl KubeApplier {
                         if o.id.kind == "CustomResourceDefinition" {
                             scanned.note_crd(&o);
                         }
-                        scanned.objects.push(Scan1 {
-                            id: o.id,
-                            wave: o.wave,
-                            file,
-                            origin: o.origin,
-                        });
+                        if keep {
+                            scanned.objects.push(Scan1 {
+                                id: o.id.clone(),
+                                wave: o.wave,
+                                file,
+                                origin: o.origin.clone(),
+                            });
+                            kept.push(o);
+                        } else {
+                            scanned.objects.push(Scan1 {
+                                id: o.id,
+                                wave: o.wave,
+                                file,
+                                origin: o.origin,
+                            });
+                        }
                     }
                 }
                 Err(e) => errors.push(e),
@@ -203,20 +225,32 @@ impl KubeApplier {
             }
         }
         scanned.objects = objects;
+        if keep {
+            for o in &mut kept {
+                if !scanned.namespaced(&o.id) {
+                    super::super::make_cluster_scoped(o);
+                }
+            }
+            scanned.kept = Some(kept);
+        }
         Ok(scanned)
     }
 
-    /// The objects of `batch` (from a scan of the same bundle), read again from their files.
+    /// The objects of `batch` (from a scan of the same bundle): taken from those the scan
+    /// `kept` ([`Scanned::take_kept`]), else read again from their files.
     pub(super) fn load(
         &self,
         channel: &str,
         values: Option<&Values>,
         bundle: &dyn BundleFiles,
-        scanned: &Scanned,
+        (scanned, kept): (&Scanned, &mut Option<Vec<Desired>>),
         batch: &[&Scan1],
     ) -> Result<Vec<Desired>, Outcome> {
-        let files: std::collections::BTreeSet<usize> = batch.iter().map(|o| o.file).collect();
         let wanted: std::collections::BTreeSet<&ObjectRef> = batch.iter().map(|o| &o.id).collect();
+        if let Some(kept) = kept {
+            return Ok(kept.extract_if(.., |o| wanted.contains(&o.id)).collect());
+        }
+        let files: std::collections::BTreeSet<usize> = batch.iter().map(|o| o.file).collect();
         let manifest = bundle.manifest();
         let mut budget = Budget::for_bundle(manifest.total_size);
         let mut out = Vec::with_capacity(batch.len());
