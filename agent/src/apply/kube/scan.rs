@@ -179,21 +179,14 @@ impl KubeApplier {
                         if o.id.kind == "CustomResourceDefinition" {
                             scanned.note_crd(&o);
                         }
+                        scanned.objects.push(Scan1 {
+                            id: o.id.clone(),
+                            wave: o.wave,
+                            file,
+                            origin: o.origin.clone(),
+                        });
                         if keep {
-                            scanned.objects.push(Scan1 {
-                                id: o.id.clone(),
-                                wave: o.wave,
-                                file,
-                                origin: o.origin.clone(),
-                            });
                             kept.push(o);
-                        } else {
-                            scanned.objects.push(Scan1 {
-                                id: o.id,
-                                wave: o.wave,
-                                file,
-                                origin: o.origin,
-                            });
                         }
                     }
                 }
